@@ -1,0 +1,1 @@
+"""Environments (no torch): the Workplace Assistant tools, verifier, generated tasks and the Ray pool."""

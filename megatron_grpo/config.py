@@ -1,0 +1,312 @@
+"""Typed configuration: one small dataclass per component, loaded from YAML plus dotted overrides.
+
+Why: a typo in a config key must fail at load time naming the closest valid key, not silently
+train with a default. Every default lives here and only here.
+
+Override forms (as the NeMo-RL seed accepts them):
+    grpo.max_num_steps=5          set an existing key
+    ++grpo.num_prompts_per_step=4  same (the "++" prefix is accepted for compatibility)
+    logger.wandb.name=run1         nested sections
+
+Values in overrides are parsed as YAML scalars (``5`` -> int, ``true`` -> bool, ``null`` -> None).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names the key."""
+
+
+@dataclass
+class GRPOConfig:
+    """Sampling and step math. ``num_prompts_per_step * num_generations_per_prompt`` samples per step."""
+
+    num_prompts_per_step: int = 32
+    num_generations_per_prompt: int = 8
+    max_num_steps: int = 1_000_000
+    max_num_epochs: int = 1
+    max_rollout_turns: int = 6
+    normalize_rewards: bool = True
+    use_leave_one_out_baseline: bool = True
+    use_dynamic_sampling: bool = False
+    dynamic_sampling_max_gen_batches: int = 10
+    val_period: int = 10
+    val_at_start: bool = True
+    max_val_samples: int | None = None
+    seed: int = 42
+
+
+@dataclass
+class LossConfig:
+    """Clipped policy-gradient loss (NeMo-RL ClippedPGLoss names)."""
+
+    ratio_clip_min: float = 0.2
+    ratio_clip_max: float = 0.2
+    ratio_clip_c: float | None = None
+    reference_policy_kl_penalty: float = 0.0
+    reference_policy_kl_type: str = "k3"
+    token_level_loss: bool = True
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 1.0e-6
+    min_lr: float = 1.0e-7
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1.0e-8
+    clip_grad: float = 1.0
+    lr_warmup_steps: int = 0
+    lr_decay_style: str = "constant"  # constant | cosine | linear
+    use_distributed_optimizer: bool = True
+    offload_during_generation: bool = False
+
+
+@dataclass
+class PolicyConfig:
+    """The Megatron policy. ``model_name`` is a local HF folder or a hub id."""
+
+    model_name: str = "Qwen/Qwen3-4B-Instruct-2507"
+    tokenizer_name: str | None = None  # defaults to model_name
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    sequence_parallel: bool = False
+    precision: str = "bfloat16"  # bfloat16 | float32
+    train_global_batch_size: int = 256
+    train_micro_batch_size: int = 1
+    logprob_batch_size: int = 1
+    max_total_sequence_length: int = 32768
+    transformer_impl: str = "local"  # local (torch SDPA core attention) | transformer_engine
+    activation_checkpointing: bool = False
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+
+@dataclass
+class GenerationConfig:
+    """Rollout generation. backend=auto picks vllm, else megatron on GPU, hf on CPU."""
+
+    backend: str = "auto"  # auto | vllm | megatron | hf
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    max_new_tokens: int = 4096
+    max_model_len: int = 32768
+    gpu_memory_utilization: float = 0.6
+    refit_bucket_mb: int = 512
+    enable_prefix_caching: bool = True
+
+
+@dataclass
+class EnvConfig:
+    """The Workplace Assistant environment and its Ray actor pool."""
+
+    data_dir: str | None = None  # sandbox csv_data; None -> WORKPLACE_DATA_DIR or the download cache
+    num_actors: int = 4
+    max_steps: int = 6
+    tool_subset: str = "all"  # all | domain (the task's domains + company_directory, WorkBench style)
+
+
+@dataclass
+class DataConfig:
+    train_path: str = "data/workplace_assistant/train.jsonl"
+    validation_path: str = "data/workplace_assistant/validation.jsonl"
+    shuffle: bool = True
+
+
+@dataclass
+class CheckpointingConfig:
+    enabled: bool = True
+    checkpoint_dir: str = "results/grpo_workplace_assistant/checkpoints"
+    metric_name: str = "val:accuracy"
+    higher_is_better: bool = True
+    keep_top_k: int | None = 3
+    save_period: int = 10
+    resume: str = "auto"  # auto | none | <path to a step_N folder>
+    export_hf_at_end: bool = False
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = False
+    project: str = "megatron-grpo"
+    name: str | None = None
+    mode: str | None = None  # online | offline | None: online when WANDB_API_KEY is set
+
+
+@dataclass
+class LoggerConfig:
+    log_dir: str = "results/grpo_workplace_assistant/logs"
+    jsonl: bool = True
+    tensorboard: bool = False
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class ClusterConfig:
+    num_nodes: int = 1
+    gpus_per_node: int = 8
+    ray_address: str | None = None  # None -> RAY_ADDRESS, else a local Ray
+
+
+@dataclass
+class Config:
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    loss_fn: LossConfig = field(default_factory=LossConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown_key(key: str, where: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+    return ConfigError(f"unknown config key '{where}{key}'{hint}")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (int, float, str, bool, X | None, dataclass)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{path}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{path}' must be a mapping, got {value!r}")
+        return _build(tp, value, path + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"'{path}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"'{path}' must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"'{path}' must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"'{path}' must be a string, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{path}' must be a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)[:1]
+        return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in types_:
+            raise _unknown_key(key, where, list(types_))
+        kwargs[key] = _coerce(value, types_[key], where + key)
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"++a.b=3"`` -> (["a", "b"], 3). Raises ConfigError on a malformed override."""
+    body = text[2:] if text.startswith("++") else text.lstrip("+")
+    if "=" not in body:
+        raise ConfigError(f"override '{text}' is not of the form section.key=value")
+    key, raw = body.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override '{text}' has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from exc
+    return parts, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (optional) and apply dotted overrides; validate every key and type.
+
+    A YAML file may name a base with ``defaults: other.yaml`` (relative to its own folder); the file's
+    own values win over the base's.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = _read_yaml(Path(path))
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        nested: Any = value
+        for part in reversed(parts):
+            nested = {part: nested}
+        values = _deep_merge(values, nested)
+    try:
+        return _build(Config, values)
+    except ConfigError as exc:
+        where = f" (in {path})" if path is not None else ""
+        raise ConfigError(f"{exc}{where}") from None
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"config 'defaults' cycle through {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    base = values.pop("defaults", None)
+    if base is not None:
+        base_values = _read_yaml(path.parent / base, seen + (path.resolve(),))
+        values = _deep_merge(base_values, values)
+    return values
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain data (for logging and checkpoints)."""
+    return dataclasses.asdict(config)
