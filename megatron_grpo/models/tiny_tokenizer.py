@@ -98,6 +98,29 @@ QWEN3_CHAT_TEMPLATE = (
 )
 
 
+def sample_texts(samples: Iterable[dict]) -> list[str]:
+    """The texts of Workplace-style samples (messages, tool schemas, ground-truth calls): a training
+    corpus that makes the tiny tokenizer compress the text it will see."""
+    import json
+
+    texts = []
+    for sample in samples:
+        params = sample.get("responses_create_params", {})
+        items = params.get("input", [])
+        for item in [items] if isinstance(items, str) else items:
+            content = item if isinstance(item, str) else item.get("content", "")
+            texts.append(content if isinstance(content, str) else json.dumps(content))
+        texts.extend(json.dumps(tool) for tool in params.get("tools", []))
+        for call in sample.get("ground_truth", []):  # as the chat template renders a call
+            args = call.get("arguments", "{}")
+            try:
+                args = json.loads(args) if isinstance(args, str) else args
+            except json.JSONDecodeError:
+                pass
+            texts.append(json.dumps({"name": call.get("name"), "arguments": args}))
+    return texts
+
+
 def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
     """Train a byte-level BPE on ``texts`` and wrap it as a Qwen3-like fast tokenizer.
 
