@@ -1,0 +1,317 @@
+"""Data tools: `megatron-grpo download` (tasks + sandbox) and `megatron-grpo prepare-data`.
+
+Real inputs throughout: the reference example.jsonl, the 690 WorkBench tasks, and the nemo-gym wheel
+downloaded from PyPI once per test session.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import subprocess
+import sys
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from environment.workplace import sandbox_fetch
+from megatron_grpo.data import download, prepare
+from megatron_grpo.data.samples import SampleError, load_samples
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+EXAMPLE = SHARED / "data" / "workplace_assistant" / "data" / "example.jsonl"
+NEMO_CSV = SHARED / "data" / "workplace_assistant" / "csv_data"
+WORKBENCH = SHARED / "data" / "workbench" / "data"
+WORKBENCH_QA = WORKBENCH / "processed" / "queries_and_answers"
+SANDBOX_FILES = [
+    "processed/analytics_data.csv",
+    "processed/calendar_events.csv",
+    "processed/customer_relationship_manager_data.csv",
+    "processed/emails.csv",
+    "processed/project_tasks.csv",
+    "raw/email_addresses.csv",
+    "raw/events.csv",
+]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def pypi_cache(tmp_path_factory) -> Path:
+    """A download cache holding the sandbox fetched from PyPI through the real default code path."""
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEGATRON_GRPO_CACHE", str(cache))
+        assert download.main(["--no-tasks", "--quiet"]) == 0
+    return cache
+
+
+@pytest.fixture
+def example_jsonl(tmp_path) -> Path:
+    """40 rows made from the 5 reference examples (distinct ids; 8 email, 8 calendar, 24 CRM)."""
+    rows = read_jsonl(EXAMPLE)
+    out = [dict(rows[i % 5], id=i) for i in range(40)]
+    path = tmp_path / "source.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in out))
+    return path
+
+
+# ---------------------------------------------------------------- download: tasks
+
+
+def test_download_jsonl_source_splits_by_category(example_jsonl, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert download.main(["--source", str(example_jsonl), "--out", str(out), "--no-sandbox"]) == 0
+    source = {r["id"]: r for r in read_jsonl(example_jsonl)}
+    train, val = read_jsonl(out / "train.jsonl"), read_jsonl(out / "validation.jsonl")
+    assert len(val) == math.ceil(0.1 * len(source)) and len(train) + len(val) == len(source)
+    ids = [r["id"] for r in train + val]
+    assert sorted(ids) == sorted(source)  # a partition: nothing lost or duplicated
+    assert all(row == source[row["id"]] for row in train + val)  # rows unchanged
+    n_all = Counter(r["category"] for r in source.values())
+    n_val = Counter(r["category"] for r in val)
+    for category, n in n_all.items():  # stratified: each category within one row of 10%
+        assert abs(n_val[category] - 0.1 * n) <= 1, (category, n_val[category], n)
+    assert "train" in capsys.readouterr().out
+
+
+def test_download_workbench_folder_621_69_stratified(tmp_path):
+    out = tmp_path / "wb"
+    assert download.main(["--source", str(WORKBENCH_QA), "--out", str(out), "--no-sandbox"]) == 0
+    train, val = read_jsonl(out / "train.jsonl"), read_jsonl(out / "validation.jsonl")
+    assert (len(train), len(val)) == (621, 69)
+    # Per-category sizes read straight from the CSVs; each is a multiple of 10, so 10% is exact.
+    per_file = {}
+    for path in WORKBENCH_QA.glob("*_queries_and_answers.csv"):
+        with open(path, newline="") as f:
+            per_file["workplace_assistant_" + path.name.removesuffix("_queries_and_answers.csv")] = sum(
+                1 for _ in csv.DictReader(f)
+            )
+    assert sum(per_file.values()) == 690
+    assert Counter(r["category"] for r in val) == {c: n // 10 for c, n in per_file.items()}
+    assert Counter(r["category"] for r in train) == {c: n - n // 10 for c, n in per_file.items()}
+    assert sorted(r["id"] for r in train + val) == list(range(690))
+    # Every sample loads back through the validating loader, with all 27 schemas and the system prompt.
+    schemas = json.loads((REPO / "environment" / "workplace" / "tool_schemas.json").read_text())
+    for row in load_samples(out / "validation.jsonl"):
+        assert row["responses_create_params"]["tools"] == schemas
+        assert row["responses_create_params"]["input"][0]["content"].startswith("Today's date is Thursday")
+
+
+def test_download_skips_when_present_and_force_redoes(example_jsonl, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--source", str(example_jsonl), "--out", str(out), "--no-sandbox"]
+    assert download.main(args) == 0
+    first = (out / "train.jsonl").read_bytes()
+    (out / "train.jsonl").write_text("edited\n")
+    capsys.readouterr()
+    assert download.main(args) == 0
+    assert "skipping" in capsys.readouterr().out
+    assert (out / "train.jsonl").read_text() == "edited\n"
+    assert download.main([*args, "--force"]) == 0
+    assert (out / "train.jsonl").read_bytes() == first  # same split again (random_state=42)
+
+
+def test_download_defaults_to_the_cache(example_jsonl, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEGATRON_GRPO_CACHE", str(tmp_path / "cache"))
+    assert download.main(["--source", str(example_jsonl), "--no-sandbox"]) == 0
+    assert len(read_jsonl(tmp_path / "cache" / "workplace_assistant" / "validation.jsonl")) == 4
+
+
+def test_download_bad_source_names_file_line_and_field(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    row = read_jsonl(EXAMPLE)[0]
+    del row["ground_truth"]
+    bad.write_text(json.dumps(row) + "\n")
+    assert download.main(["--source", str(bad), "--out", str(tmp_path / "o"), "--no-sandbox"]) == 1
+    assert f"{bad}:1: ground_truth: missing required field" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_download_hub_unreachable_names_source_flag(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": ""}
+    cmd = [sys.executable, "-m", "megatron_grpo.cli", "download", "--out", str(tmp_path), "--no-sandbox"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert result.returncode == 1
+    assert "nvidia/Nemotron-RL-agent-workplace_assistant" in result.stderr
+    assert "--source PATH" in result.stderr
+
+
+# ---------------------------------------------------------------- download: sandbox
+
+
+def test_sandbox_from_pypi_wheel_matches_reference_files(pypi_cache, capsys):
+    dest = pypi_cache / "workplace_assistant" / "csv_data"
+    for rel in SANDBOX_FILES:  # byte-identical to the reference copy (checked independently of the pins)
+        assert (dest / rel).read_bytes() == (NEMO_CSV / rel).read_bytes(), rel
+    assert sandbox_fetch.check_sandbox(dest) == []
+    manifest = json.loads((dest / "manifest.json").read_text())
+    assert manifest["files"] == {
+        rel: hashlib.sha256((NEMO_CSV / rel).read_bytes()).hexdigest() for rel in SANDBOX_FILES
+    }
+    capsys.readouterr()
+    assert sandbox_fetch.fetch_sandbox(dest) == dest  # present and intact: skipped
+    assert "skipping" in capsys.readouterr().out
+
+
+def _fake_wheel(path: Path, corrupt: str | None = None) -> Path:
+    """A zip laid out like the nemo-gym wheel's csv_data, built from the reference files."""
+    with zipfile.ZipFile(path, "w") as z:
+        for rel in SANDBOX_FILES:
+            data = (NEMO_CSV / rel).read_bytes()
+            if rel == corrupt:
+                data = data.replace(b"@atlas.com", b"@atlas.org", 1)
+            z.writestr(sandbox_fetch.WHEEL_CSV_PREFIX + rel, data)
+    return path
+
+
+def test_sandbox_from_local_wheel(tmp_path):
+    dest = tmp_path / "csv_data"
+    wheel = _fake_wheel(tmp_path / "nemo_gym.whl")
+    assert download.main(["--no-tasks", "--wheel", str(wheel), "--sandbox-dest", str(dest)]) == 0
+    assert all((dest / rel).read_bytes() == (NEMO_CSV / rel).read_bytes() for rel in SANDBOX_FILES)
+
+
+def test_corrupted_csv_fails_sha_check(tmp_path, capsys):
+    dest = tmp_path / "csv_data"
+    wheel = _fake_wheel(tmp_path / "nemo_gym.whl", corrupt="processed/emails.csv")
+    assert download.main(["--no-tasks", "--wheel", str(wheel), "--sandbox-dest", str(dest)]) == 1
+    err = capsys.readouterr().err
+    assert "processed/emails.csv fails the sha256 check" in err and str(wheel) in err
+    assert not dest.exists()  # nothing half-written
+
+
+def test_sandbox_local_copy_then_tamper_detected_and_force_restores(tmp_path, capsys):
+    dest = tmp_path / "csv_data"
+    args = ["--no-tasks", "--sandbox", str(WORKBENCH), "--sandbox-dest", str(dest)]
+    assert download.main(args) == 0
+    assert "differs from NeMo-Gym" in capsys.readouterr().err  # WorkBench's CRM dates differ
+    for rel in SANDBOX_FILES:
+        assert (dest / rel).read_bytes() == (WORKBENCH / rel).read_bytes()
+    emails = dest / "processed" / "emails.csv"
+    emails.write_bytes(emails.read_bytes() + b"tampered\n")
+    assert download.main(args) == 1
+    err = capsys.readouterr().err
+    assert f"{emails} fails the sha256 check" in err and "--force" in err
+    assert download.main([*args, "--force"]) == 0
+    assert emails.read_bytes() == (WORKBENCH / "processed" / "emails.csv").read_bytes()
+
+
+def test_sandbox_not_a_csv_data_folder(tmp_path, capsys):
+    assert (
+        download.main(["--no-tasks", "--sandbox", str(tmp_path), "--sandbox-dest", str(tmp_path / "d")]) == 1
+    )
+    assert "missing processed/analytics_data.csv" in capsys.readouterr().err
+
+
+def test_sandbox_download_offline_names_flags(tmp_path, capsys):
+    url = "http://127.0.0.1:9/nemo_gym-0.7.0-py3-none-any.whl"  # discard port: connection refused
+    args = ["--no-tasks", "--quiet", "--wheel-url", url, "--sandbox-dest", str(tmp_path / "d")]
+    assert download.main(args) == 1
+    err = capsys.readouterr().err
+    assert "--wheel PATH" in err and "--sandbox PATH" in err
+    assert not (tmp_path / "d").exists()
+
+
+# ---------------------------------------------------------------- prepare-data
+
+
+def test_prepare_data_reports_every_bad_line(tmp_path, capsys):
+    good = EXAMPLE.read_text().splitlines()
+    rows = [json.loads(line) for line in good]
+    missing = dict(rows[1])
+    del missing["category"]
+    wrong_type = dict(rows[2], ground_truth="delete everything")
+    bad_args = json.loads(good[3])
+    bad_args["ground_truth"][1]["arguments"] = "{not json"
+    unknown_tool = json.loads(good[4])
+    unknown_tool["ground_truth"][0]["name"] = "email_burn_inbox"
+    lines = [good[0], '{"id": 7, "responses_create_params": ', json.dumps(missing), json.dumps(wrong_type)]
+    lines += [
+        "",
+        json.dumps(bad_args),
+        json.dumps(unknown_tool),
+        json.dumps(dict(rows[0], temperature="hot")),
+    ]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    before = path.read_bytes()
+
+    assert prepare.main(["--data", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:2: <line>: invalid JSON" in err
+    assert f"{path}:3: category: missing required field" in err
+    assert f"{path}:4: ground_truth: expected a list of calls, got a string" in err
+    assert f"{path}:6: ground_truth[1].arguments: not valid JSON" in err
+    assert f"{path}:7: ground_truth[0].name: 'email_burn_inbox' is not one of the sample's tools" in err
+    assert f"{path}:8: id: duplicate id 0 (first on line 1)" in err
+    assert f"{path}:1:" not in err  # the good line is not reported
+    assert path.read_bytes() == before  # nothing written
+    assert not list(tmp_path.glob("*_metrics.json"))
+
+    with pytest.raises(SampleError) as info:
+        load_samples(path)
+    assert (str(path), 3, "category", "missing required field") in info.value.problems
+
+
+def test_prepare_data_metrics_and_agent_ref(tmp_path):
+    rows = read_jsonl(EXAMPLE)
+    path = tmp_path / "train.jsonl"
+    path.write_text(EXAMPLE.read_text())
+    assert prepare.main(["--data", str(path)]) == 0
+    prepared = read_jsonl(path)
+    assert [{k: v for k, v in r.items() if k != "agent_ref"} for r in prepared] == rows
+    assert all(
+        r["agent_ref"] == {"type": "responses_api_agents", "name": "workplace_assistant_simple_agent"}
+        for r in prepared
+    )
+    metrics = json.loads((tmp_path / "train_metrics.json").read_text())
+    assert metrics["num_samples"] == 5
+    assert metrics["categories"] == dict(Counter(r["category"] for r in rows))
+    lengths = Counter(len(r["ground_truth"]) for r in rows)  # 1, 1, 3, 4, 5
+    assert metrics["ground_truth_length"]["histogram"] == {str(k): lengths.get(k, 0) for k in range(6)}
+    assert metrics["ground_truth_length"]["max"] == 5 and metrics["ground_truth_length"]["mean"] == 14 / 5
+    assert metrics["tools_per_task"]["min"] == metrics["tools_per_task"]["max"] == 27
+    crm = metrics["per_category"]["workplace_assistant_customer_relationship_manager"]
+    assert crm["count"] == 3 and crm["ground_truth_length"]["histogram"] == {
+        "0": 0,
+        "1": 0,
+        "2": 0,
+        "3": 1,
+        "4": 1,
+        "5": 1,
+    }
+    assert metrics["ground_truth_tool_calls"]["customer_relationship_manager_update_customer"] == 8
+    # Idempotent: preparing the prepared file again changes nothing.
+    once = path.read_bytes()
+    assert prepare.main(["--data", str(path)]) == 0
+    assert path.read_bytes() == once
+
+
+def test_prepare_data_out_dir_and_defaults(tmp_path, monkeypatch, example_jsonl):
+    monkeypatch.setenv("MEGATRON_GRPO_CACHE", str(tmp_path / "cache"))
+    assert download.main(["--source", str(example_jsonl), "--no-sandbox"]) == 0
+    tasks = tmp_path / "cache" / "workplace_assistant"
+    original = (tasks / "train.jsonl").read_bytes()
+    assert prepare.main(["--out", str(tmp_path / "prepared")]) == 0  # default --data: the downloaded splits
+    assert (tasks / "train.jsonl").read_bytes() == original
+    for name in ("train", "validation"):
+        assert all("agent_ref" in r for r in read_jsonl(tmp_path / "prepared" / f"{name}.jsonl"))
+        assert (tmp_path / "prepared" / f"{name}_metrics.json").is_file()
+
+
+def test_data_modules_import_no_torch():
+    code = (
+        "import sys\n"
+        "import megatron_grpo.data.download, megatron_grpo.data.prepare, megatron_grpo.data.samples\n"
+        "import megatron_grpo.data.split, megatron_grpo.data.workbench, environment.workplace.sandbox_fetch\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
