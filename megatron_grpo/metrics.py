@@ -170,6 +170,9 @@ class WandbSink:
         self._run.finish()
 
 
+_SHORT = {"generation": "gen", "reward": "env", "logprobs": "lp", "validation": "val", "checkpoint": "ckpt"}
+
+
 def _fmt_duration(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
@@ -202,7 +205,7 @@ def progress_line(
     timing = {k[len(TIMING_PREFIX) :]: v for k, v in m.items() if k.startswith(TIMING_PREFIX)}
     if timing:
         total = timing.pop("step", None)
-        phases = " ".join(f"{name[:5]} {secs:.1f}" for name, secs in timing.items())
+        phases = " ".join(f"{_SHORT.get(name, name)} {secs:.1f}" for name, secs in timing.items())
         head = f"{total:.1f}s" if total is not None else ""
         parts.append(f"{head} ({phases})".strip() if phases else head)
     if eta_seconds is not None:
@@ -260,7 +263,8 @@ class MetricsLogger:
         for sink in self.sinks:
             sink.write(step, plain)
         if self._console is not None:
-            self._console.print(progress_line(step, self.total_steps, plain, self._eta(step, plain)))
+            line = progress_line(step, self.total_steps, plain, self._eta(step, plain))
+            self._console.print(line, markup=False)
 
     def _eta(self, step: int, metrics: dict[str, Any]) -> float | None:
         """Remaining time from the mean step time: timing/step when logged, else the wall clock."""

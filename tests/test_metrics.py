@@ -106,7 +106,7 @@ def test_wandb_missing_package_is_a_clear_error(tmp_path, monkeypatch):
 def test_progress_line_and_console(tmp_path, capsys):
     line = progress_line(3, 36, {**STEP1, "grad_norm": 0.5, "train:generation_tokens_per_s": 1234.4}, 330.0)
     assert line.startswith("step 3/36 | reward 0.250 | acc 0.250 |")
-    assert "1,234 tok/s" in line and "10.0s (gener 6.0 train 3.0)" in line and line.endswith("ETA 5m30s")
+    assert "1,234 tok/s" in line and "10.0s (gen 6.0 train 3.0)" in line and line.endswith("ETA 5m30s")
     with MetricsLogger(LoggerConfig(jsonl=False), tmp_path, total_steps=36) as logger:
         logger.log(34, STEP1)  # ETA = 2 remaining steps x timing/step 10 s
     out = capsys.readouterr().out
