@@ -6,7 +6,6 @@ downloaded from PyPI once per test session.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -21,13 +20,13 @@ import pytest
 from environment.workplace import sandbox_fetch
 from megatron_grpo.data import download, prepare
 from megatron_grpo.data.samples import SampleError, load_samples
+from megatron_grpo.data.split import stratified_split
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 EXAMPLE = SHARED / "data" / "workplace_assistant" / "data" / "example.jsonl"
 NEMO_CSV = SHARED / "data" / "workplace_assistant" / "csv_data"
 WORKBENCH = SHARED / "data" / "workbench" / "data"
-WORKBENCH_QA = WORKBENCH / "processed" / "queries_and_answers"
 SANDBOX_FILES = [
     "processed/analytics_data.csv",
     "processed/calendar_events.csv",
@@ -82,27 +81,17 @@ def test_download_jsonl_source_splits_by_category(example_jsonl, tmp_path, capsy
     assert "train" in capsys.readouterr().out
 
 
-def test_download_workbench_folder_621_69_stratified(tmp_path):
+def test_download_workbench_folder(tmp_path):
+    """A WorkBench folder converts to valid samples (the split itself: test_workbench_tasks.py)."""
     out = tmp_path / "wb"
-    assert download.main(["--source", str(WORKBENCH_QA), "--out", str(out), "--no-sandbox"]) == 0
-    train, val = read_jsonl(out / "train.jsonl"), read_jsonl(out / "validation.jsonl")
-    assert (len(train), len(val)) == (621, 69)
-    # Per-category sizes read straight from the CSVs; each is a multiple of 10, so 10% is exact.
-    per_file = {}
-    for path in WORKBENCH_QA.glob("*_queries_and_answers.csv"):
-        with open(path, newline="") as f:
-            per_file["workplace_assistant_" + path.name.removesuffix("_queries_and_answers.csv")] = sum(
-                1 for _ in csv.DictReader(f)
-            )
-    assert sum(per_file.values()) == 690
-    assert Counter(r["category"] for r in val) == {c: n // 10 for c, n in per_file.items()}
-    assert Counter(r["category"] for r in train) == {c: n - n // 10 for c, n in per_file.items()}
-    assert sorted(r["id"] for r in train + val) == list(range(690))
-    # Every sample loads back through the validating loader, with all 27 schemas and the system prompt.
+    assert download.main(["--source", str(WORKBENCH), "--out", str(out), "--no-sandbox"]) == 0  # data/ works
     schemas = json.loads((REPO / "environment" / "workplace" / "tool_schemas.json").read_text())
-    for row in load_samples(out / "validation.jsonl"):
+    validation = load_samples(out / "validation.jsonl")  # every line passes the validating loader
+    assert len(validation) + len(load_samples(out / "train.jsonl")) == 690
+    for row in validation:
         assert row["responses_create_params"]["tools"] == schemas
         assert row["responses_create_params"]["input"][0]["content"].startswith("Today's date is Thursday")
+        assert row["environment_name"] == "workplace_assistant"
 
 
 def test_download_skips_when_present_and_force_redoes(example_jsonl, tmp_path, capsys):
@@ -315,3 +304,26 @@ def test_data_modules_import_no_torch():
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
+
+
+def test_split_keeps_singleton_categories_in_train(capsys):
+    rows = [{"id": i, "category": "a" if i < 20 else "b"} for i in range(40)] + [{"id": 40, "category": "c"}]
+    train, val = stratified_split(rows)
+    assert [r["id"] for r in val if r["category"] == "c"] == []
+    assert len(val) == 4 and Counter(r["category"] for r in val) == {"a": 2, "b": 2}
+    assert sorted(r["id"] for r in train + val) == list(range(41))
+    assert "single sample" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="cannot stratify"):
+        stratified_split([{"id": i, "category": str(i % 5)} for i in range(10)])
+
+
+def test_wrapper_scripts_run(tmp_path):
+    for script, args in [
+        ("tools/prepare_data.py", ["--check", "--data", str(EXAMPLE)]),
+        ("tools/download_workplace_assistant.py", ["--help"]),
+    ]:
+        result = subprocess.run(
+            [sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+    assert "--source" in result.stdout
