@@ -105,7 +105,10 @@ def _check_params(params: dict) -> list[tuple[str, str]]:
                 )
             if not isinstance(message.get("content"), str | list):
                 problems.append(
-                    (f"{field}.content", f"expected a string, got {_type_name(message.get('content'))}")
+                    (
+                        f"{field}.content",
+                        f"expected a string or a list of parts, got {_type_name(message.get('content'))}",
+                    )
                 )
         if not any(isinstance(m, dict) and m.get("role") == "user" for m in messages):
             problems.append((f"{where}.input", "no user message"))
@@ -196,8 +199,13 @@ def normalize_sample(row: Any) -> Any:
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any, str | None]]:
     """Yield ``(line_number, decoded_row, error)`` per non-blank line (1-based; error set on bad JSON)."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield number, None, f"not UTF-8 text ({e.reason} at byte {e.start})"
+                continue
             if not line.strip():
                 continue
             try:
