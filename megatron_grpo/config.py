@@ -70,6 +70,8 @@ class OptimizerConfig:
     clip_grad: float = 1.0
     lr_warmup_steps: int = 0
     lr_decay_style: str = "constant"  # constant | cosine | linear
+    lr_decay_steps: int | None = None  # policy helper: steps from lr to min_lr (None: the run's max steps)
+    lr_warmup_init: float = 0.0  # policy helper: lr at step 0 of a warmup (megatron's lr_warmup_init)
     use_distributed_optimizer: bool = True
     offload_during_generation: bool = False
 

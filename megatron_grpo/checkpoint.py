@@ -1,0 +1,392 @@
+"""Training checkpoints: megatron dist-checkpointing, atomic publication, top-k retention, resume.
+
+Why: a GRPO run is days of GPU time; a crash (or a kill -9 mid-save) must cost at most the steps
+since the last good checkpoint, and the disk must hold only the checkpoints worth keeping.
+
+Layout of one checkpoint (``<checkpoint_dir>/step_<n>/``)::
+
+    model_optim/          megatron dist checkpoint (torch_dist): keys "model" (GPTModel sharded state,
+                          reshardable to any TP/PP), "optimizer" (DistOpt as dp_reshardable: resume at
+                          the same TP/PP, any DP) and "opt_param_scheduler"
+    rng/rank_<r>.pt       per-rank RNG states (python, numpy, torch CPU/CUDA, megatron's tracker);
+                          restored only when the world size is unchanged
+    training_info.json    {"step", "metrics", "data_state", "layout", "saved_at", "format": 1}
+    config.json           the trainer's full config (whatever dict the caller passed)
+    run_config.json       {"hf_config": <HF config.json as a dict>, "tokenizer_dir": <path>,
+                           "params_dtype": "bfloat16"|"float32"}: enough to rebuild the model at any
+                          TP/PP (``build_model_for_export``); "tokenizer_dir" is "tokenizer" (the
+                          copied folder, relative to step_<n>) when the tokenizer was a local folder
+    tokenizer/            copy of the tokenizer files (when the tokenizer was a local folder)
+
+Atomicity: every rank writes into ``step_<n>.tmp``; only when all ranks are done does rank 0 write
+the JSON files, fsync and ``os.rename`` the folder to ``step_<n>``. A folder named ``step_<n>``
+(with training_info.json) is therefore always complete; ``*.tmp`` leftovers of a killed save are
+ignored by resume and deleted by the next save. Assumes a file system shared by all ranks.
+
+Retention (``checkpoints_to_keep``): the latest checkpoint is always kept (resume); of the
+checkpoints that HAVE the metric, the k best are kept (ties: the newer wins); a checkpoint WITHOUT
+the metric (saved on a step with no validation, e.g. val_period=3, save_period=2) is kept only
+while it is the latest. With no metric name configured, the k most recent are kept.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_TOKENIZER_SKIP = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be found, read or matched to the current run; names the path."""
+
+
+# ---------------------------------------------------------------------- retention (pure)
+
+
+def checkpoints_to_keep(
+    entries: list[tuple[int, float | None]], k: int | None, higher_is_better: bool = True
+) -> set[int]:
+    """Steps to keep among ``entries`` = [(step, metric or None)].
+
+    The latest step is always kept. Of the entries with a metric (NaN counts as missing), the ``k``
+    best are kept, ties broken in favour of the newer step. Entries without a metric are kept only
+    while they are the latest. ``k=None`` keeps everything.
+    """
+    if not entries:
+        return set()
+    if k is None:
+        return {step for step, _ in entries}
+    if k < 0:
+        raise ValueError(f"checkpointing.keep_top_k must be >= 0 or null, got {k}")
+    latest = max(step for step, _ in entries)
+    scored = [(m, s) for s, m in entries if m is not None and not math.isnan(m)]
+    sign = -1.0 if higher_is_better else 1.0
+    scored.sort(key=lambda ms: (sign * ms[0], -ms[1]))  # best first; equal metric -> newer first
+    return {latest} | {s for _, s in scored[:k]}
+
+
+# ---------------------------------------------------------------------- listing / resume
+
+
+def list_checkpoints(checkpoint_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints (``step_<n>`` with training_info.json) as [(step, path)], oldest first."""
+    root = Path(checkpoint_dir)
+    if not root.is_dir():
+        return []
+    out = []
+    for child in root.iterdir():
+        m = _STEP_DIR.match(child.name)
+        if m and (child / "training_info.json").is_file():
+            out.append((int(m.group(1)), child))
+    return sorted(out)
+
+
+def find_resume_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
+    """The latest complete checkpoint under ``checkpoint_dir`` (``checkpointing.resume=auto``)."""
+    found = list_checkpoints(checkpoint_dir)
+    return found[-1][1] if found else None
+
+
+def resolve_resume(resume: str, checkpoint_dir: str | os.PathLike) -> Path | None:
+    """``checkpointing.resume``: "auto" -> latest (or None), "none" -> None, else a step folder."""
+    if resume in ("none", "", None):
+        return None
+    if resume == "auto":
+        return find_resume_checkpoint(checkpoint_dir)
+    path = Path(resume)
+    if not (path / "training_info.json").is_file():
+        raise CheckpointError(
+            f"checkpointing.resume={resume!r} is not a complete checkpoint folder (no training_info.json); "
+            f"use 'auto', 'none' or a {checkpoint_dir}/step_<n> folder"
+        )
+    return path
+
+
+def read_training_info(step_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(step_dir) / "training_info.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; {step_dir} is not a complete checkpoint") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+
+
+# ---------------------------------------------------------------------- save
+
+
+def save_checkpoint(
+    policy: Any,
+    checkpoint_dir: str | os.PathLike,
+    step: int,
+    *,
+    metrics: dict[str, float] | None = None,
+    data_state: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    tokenizer_dir: str | None = None,
+    keep_top_k: int | None = None,
+    metric_name: str | None = None,
+    higher_is_better: bool = True,
+) -> Path:
+    """Write ``<checkpoint_dir>/step_<step>`` atomically, then apply retention. Collective: every
+    rank calls it with the same arguments. ``policy`` is a ``MegatronPolicy``. ``data_state`` and
+    ``metrics`` must be JSON-serializable. Returns the final folder."""
+    from megatron.core import dist_checkpointing, parallel_state
+
+    root = Path(checkpoint_dir)
+    final = root / f"step_{step}"
+    tmp = root / f"step_{step}.tmp"
+    rank = dist.get_rank()
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob("step_*.tmp"):  # leftovers of killed saves
+            shutil.rmtree(stale, ignore_errors=True)
+        (tmp / "model_optim").mkdir(parents=True)
+        (tmp / "rng").mkdir()
+    dist.barrier()
+
+    dist_checkpointing.save(policy.sharded_state_dict(), str(tmp / "model_optim"),
+                            sharded_strategy=("torch_dist", 1))
+    torch.save(_rng_state(), tmp / "rng" / f"rank_{rank}.pt")
+    dist.barrier()
+
+    if rank == 0:
+        info = {
+            "format": FORMAT_VERSION,
+            "step": int(step),
+            "metrics": dict(metrics or {}),
+            "data_state": dict(data_state or {}),
+            "layout": {
+                "world_size": dist.get_world_size(),
+                "tp": parallel_state.get_tensor_model_parallel_world_size(),
+                "pp": parallel_state.get_pipeline_model_parallel_world_size(),
+                "dp": parallel_state.get_data_parallel_world_size(),
+            },
+            "saved_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        _write_json(tmp / "config.json", config or {})
+        _write_json(tmp / "run_config.json", _run_config(policy, tmp, tokenizer_dir))
+        _write_json(tmp / "training_info.json", info)  # written last: marks the content complete
+        _fsync_tree(tmp)
+        _publish(tmp, final)
+        _apply_retention(root, keep_top_k, metric_name, higher_is_better)
+    dist.barrier()
+    log.info("saved checkpoint %s", final)
+    return final
+
+
+def _run_config(policy: Any, tmp: Path, tokenizer_dir: str | None) -> dict[str, Any]:
+    tok = tokenizer_dir or getattr(policy, "hf_dir", None)
+    if tok is not None and Path(tok).is_dir():
+        dst = tmp / "tokenizer"
+        dst.mkdir()
+        for f in Path(tok).iterdir():
+            if f.is_file() and not f.name.endswith(_TOKENIZER_SKIP) and f.name != "config.json":
+                shutil.copy2(f, dst / f.name)
+        tok = "tokenizer"
+    dtype = next(policy.model.parameters()).dtype
+    return {
+        "hf_config": policy.hf_config.to_dict(),
+        "tokenizer_dir": tok,
+        "params_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; an existing ``final`` (a re-save of the same step) is moved
+    aside first and removed after, so a complete ``step_<n>`` exists at every moment but one rename."""
+    old = None
+    if final.exists():
+        old = final.with_name(final.name + ".old.tmp")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _apply_retention(root: Path, k: int | None, metric_name: str | None, higher_is_better: bool) -> None:
+    found = list_checkpoints(root)
+    entries = []
+    for step, path in found:
+        if metric_name:
+            value = read_training_info(path).get("metrics", {}).get(metric_name)
+            entries.append((step, float(value) if isinstance(value, (int, float)) else None))
+        else:  # no metric: rank by recency
+            entries.append((step, float(step)))
+    keep = checkpoints_to_keep(entries, k, higher_is_better if metric_name else True)
+    for step, path in found:
+        if step not in keep:
+            log.info("removing checkpoint %s (retention: top-%s by %s + latest)", path, k, metric_name)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------- RNG
+
+
+def _rng_state() -> dict[str, Any]:
+    from megatron.core import tensor_parallel
+
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "megatron_tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+    try:
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    from megatron.core import tensor_parallel
+
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["megatron_tracker"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ---------------------------------------------------------------------- load
+
+
+def load_checkpoint(step_dir: str | os.PathLike, policy: Any) -> dict[str, Any]:
+    """Restore model, optimizer, LR schedule and (same world size only) RNG into ``policy``.
+    Collective. Returns {"step", "metrics", "data_state", "rng_restored", "path"}."""
+    from megatron.core import dist_checkpointing, parallel_state
+
+    step_dir = Path(step_dir)
+    info = read_training_info(step_dir)
+    saved = info.get("layout", {})
+    here = (parallel_state.get_tensor_model_parallel_world_size(),
+            parallel_state.get_pipeline_model_parallel_world_size())
+    if (saved.get("tp"), saved.get("pp")) != here:
+        raise CheckpointError(
+            f"{step_dir} was saved with TP={saved.get('tp')} PP={saved.get('pp')} but this run has "
+            f"TP={here[0]} PP={here[1]}: the optimizer state only reshards over DP; resume with the "
+            f"saved policy.tensor_model_parallel_size/pipeline_model_parallel_size (convert-to-hf "
+            f"works at any TP/PP)"
+        )
+    path = step_dir / "model_optim"
+    try:
+        state = dist_checkpointing.load(policy.sharded_state_dict(is_loading=True), str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot load ({type(exc).__name__}: {exc})") from exc
+    policy.load_sharded_state_dict(state)
+
+    rng_file = step_dir / "rng" / f"rank_{dist.get_rank()}.pt"
+    restored = saved.get("world_size") == dist.get_world_size() and rng_file.is_file()
+    if restored:
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    else:
+        log.warning("%s: RNG state not restored (saved at world size %s, now %s)",
+                    step_dir, saved.get("world_size"), dist.get_world_size())
+    dist.barrier()
+    return {
+        "step": int(info["step"]),
+        "metrics": info.get("metrics", {}),
+        "data_state": info.get("data_state", {}),
+        "rng_restored": bool(restored),
+        "path": str(step_dir),
+    }
+
+
+def read_run_config(step_dir: str | os.PathLike) -> dict[str, Any]:
+    """run_config.json with ``tokenizer_dir`` made absolute when it points into the checkpoint."""
+    path = Path(step_dir) / "run_config.json"
+    try:
+        rc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; {step_dir} is not a checkpoint of this trainer") from None
+    tok = rc.get("tokenizer_dir")
+    if tok and not os.path.isabs(tok) and (Path(step_dir) / tok).is_dir():
+        rc["tokenizer_dir"] = str(Path(step_dir) / tok)
+    return rc
+
+
+def build_model_for_export(step_dir: str | os.PathLike) -> tuple[Any, Any]:
+    """The checkpoint's model weights in a fresh GPTModel for THIS rank at the CURRENT TP/PP.
+
+    Call after ``init_distributed`` (any TP/PP; the model weights reshard). Returns
+    ``(model, hf_config)``; pass them to ``models.hf_mapping.save_hf_checkpoint`` together with
+    ``read_run_config(step_dir)["tokenizer_dir"]``. The model has the dtype it was trained in.
+    """
+    from megatron.core import dist_checkpointing, parallel_state
+    from transformers import AutoConfig
+
+    from megatron_grpo.models.qwen3 import build_qwen3_model, transformer_config_from_hf
+
+    rc = read_run_config(step_dir)
+    hf_dict = dict(rc["hf_config"])
+    hf_config = AutoConfig.for_model(hf_dict.pop("model_type"), **hf_dict)
+    dtype = getattr(torch, rc.get("params_dtype", "float32"))
+    config = transformer_config_from_hf(
+        hf_config,
+        tp=parallel_state.get_tensor_model_parallel_world_size(),
+        pp=parallel_state.get_pipeline_model_parallel_world_size(),
+        sequence_parallel=False,
+        params_dtype=dtype,
+    )
+    model = build_qwen3_model(hf_config, config)
+    if dtype != torch.float32:
+        model = model.to(dtype)  # local-spec torch norms are built fp32
+    path = Path(step_dir) / "model_optim"
+    try:
+        state = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot load the model ({type(exc).__name__}: {exc})") from exc
+    model.load_state_dict(state["model"], strict=True)
+    return model, hf_config

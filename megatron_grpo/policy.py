@@ -1,0 +1,532 @@
+"""The Megatron policy: per-token logprobs, one optimizer step, the refit weight stream.
+
+Why: GRPO needs exactly three things from the trained model. (1) ``logprobs``: log p(token | prefix)
+for every token of a batch of sequences (old-policy logprobs before training, and the train/generation
+mismatch metric). (2) ``train_step``: one optimizer step on a loss the caller defines over those
+logprobs. (3) ``weight_stream``: the updated weights as Hugging Face-named tensors for the generation
+engine. Everything else (TP/PP/DP/SP, micro-batches, the pipeline schedule, mixed precision, the
+distributed optimizer, grad clipping, LR schedule) is megatron-core's, used as Megatron-LM uses it.
+
+SPMD contract: every rank of the job constructs the policy and calls every method with the SAME
+arguments (the full global batch). Each data-parallel rank works on its contiguous slice of the
+batch; results are returned identically on every rank.
+
+Loss contract of ``train_step``: ``loss_fn(logprobs, micro_batch) -> (loss, metrics)`` returns the
+micro-batch's CONTRIBUTION to the global-batch loss, i.e. already divided by the global normalizer
+(for a token-level loss: 1 / number of loss tokens in the WHOLE batch). The applied gradient is the
+gradient of the SUM of all contributions over micro-batches and DP ranks, so the update does not
+depend on ``train_micro_batch_size`` nor on the DP size. Implementation: megatron's schedule divides
+each micro-batch loss by the number of micro-batches and DDP averages gradients over DP unless
+``TransformerConfig.calculate_per_token_loss`` is set; we set it, return a 3-tuple from the loss
+function (no division) and call ``finalize_model_grads`` without a token count (no rescaling), so
+megatron sums.
+
+Precision: bf16 parameters with fp32 main weights/grads (Float16Module + megatron's mixed-precision
+optimizer) when CUDA is available and ``policy.precision == "bfloat16"``; fp32 everywhere on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from megatron_grpo.config import PolicyConfig
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+
+
+class PolicyInputError(ValueError):
+    """A batch the policy cannot process; the message names the offending field and the fix."""
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Vocab-parallel log p(input_ids[:, t] | input_ids[:, :t]) from this TP rank's logits shard.
+
+    logits: [b, s, v/tp] (any float dtype), input_ids: [b, s] int64 -> [b, s] float32 with 0 at t=0.
+    Never gathers the full vocabulary: megatron's ``vocab_parallel_cross_entropy`` all-reduces the
+    max and the sum of exponentials over the TP group. It works IN PLACE on its input, so it gets a
+    private fp32 copy (the caller's logits stay intact).
+    """
+    from megatron.core import tensor_parallel
+
+    x = logits.float()
+    x = x.clone() if x is logits else x
+    if temperature != 1.0:
+        x.div_(temperature)
+    labels = torch.zeros_like(input_ids)
+    labels[:, :-1] = input_ids[:, 1:]
+    nll = tensor_parallel.vocab_parallel_cross_entropy(x, labels)  # [b, s]: predicts token t+1 at t
+    out = torch.zeros_like(nll)
+    out[:, 1:] = -nll[:, :-1]
+    return out
+
+
+def _length_mask(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """[b, s] float: 1 where 1 <= t < length (positions with a logprob), else 0."""
+    t = torch.arange(seq_len, device=lengths.device)[None, :]
+    return ((t >= 1) & (t < lengths[:, None])).float()
+
+
+class MegatronPolicy:
+    """A Qwen3-family GPTModel shard for this rank, its DDP wrapper, optimizer and LR schedule.
+
+    Construct after ``megatron_grpo.distributed.init_distributed`` (parallel_state must be set up).
+
+    Args:
+        cfg: the ``policy`` config section (parallel sizes must match the initialized layout).
+        layout: the ParallelLayout returned by ``init_distributed`` (kept for the caller's use).
+        hf_dir: a local Hugging Face folder (config.json + safetensors) to initialize the weights from.
+        temperature: the sampling temperature of the generation engine; logits are divided by it
+            so that ``logprobs`` match the distribution the tokens were sampled from.
+        train_iters: total optimizer steps planned (for linear/cosine LR decay when
+            ``optimizer.lr_decay_steps`` is not set).
+    """
+
+    def __init__(
+        self,
+        cfg: PolicyConfig,
+        layout: Any,
+        hf_dir: str,
+        *,
+        temperature: float = 1.0,
+        train_iters: int | None = None,
+    ) -> None:
+        from megatron.core import parallel_state
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from transformers import AutoConfig
+
+        from megatron_grpo.models.hf_mapping import load_hf_checkpoint
+        from megatron_grpo.models.qwen3 import build_qwen3_model, transformer_config_from_hf
+
+        self.cfg = cfg
+        self.layout = layout
+        self.hf_dir = str(hf_dir)
+        self.temperature = float(temperature)
+        self._check_layout(parallel_state)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+        self.bf16 = torch.cuda.is_available() and cfg.precision == "bfloat16"
+        if cfg.precision not in ("bfloat16", "float32"):
+            raise PolicyInputError(f"policy.precision must be 'bfloat16' or 'float32', got {cfg.precision!r}")
+        params_dtype = torch.bfloat16 if self.bf16 else torch.float32
+
+        self.hf_config = AutoConfig.from_pretrained(self.hf_dir)
+        self.config = transformer_config_from_hf(
+            self.hf_config,
+            tp=cfg.tensor_model_parallel_size,
+            pp=cfg.pipeline_model_parallel_size,
+            sequence_parallel=cfg.sequence_parallel,
+            params_dtype=params_dtype,
+            calculate_per_token_loss=True,  # megatron sums micro-batch losses and DP grads (see module doc)
+        )
+        model = build_qwen3_model(self.hf_config, self.config, impl=cfg.transformer_impl)
+        load_hf_checkpoint(model, self.hf_dir)
+        self.model = model  # the bare GPTModel of this PP stage
+        if self.bf16:
+            from megatron.core.transformer.module import Float16Module
+
+            # casts the local-spec torch norms too (they are built fp32 whatever params_dtype says)
+            model = Float16Module(self.config, model)
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=False,
+            use_distributed_optimizer=cfg.optimizer.use_distributed_optimizer,
+        )
+        self.ddp = DistributedDataParallel(config=self.config, ddp_config=ddp_config, module=model)
+        self.config.finalize_model_grads_func = _finalize_grads_summed
+        self.optimizer, self.scheduler = _build_optimizer(cfg, self.ddp, params_dtype, train_iters)
+        self._optimizer_offloaded = False
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_layout(self, parallel_state: Any) -> None:
+        if not parallel_state.model_parallel_is_initialized():
+            raise RuntimeError("MegatronPolicy needs megatron_grpo.distributed.init_distributed() first")
+        have = (
+            parallel_state.get_tensor_model_parallel_world_size(),
+            parallel_state.get_pipeline_model_parallel_world_size(),
+        )
+        want = (self.cfg.tensor_model_parallel_size, self.cfg.pipeline_model_parallel_size)
+        if have != want:
+            raise PolicyInputError(
+                f"policy.tensor_model_parallel_size/pipeline_model_parallel_size = {want} but the "
+                f"initialized layout has TP,PP = {have}; pass the same sizes to init_distributed"
+            )
+
+    def _check_sequences(self, input_ids: torch.Tensor, lengths: torch.Tensor, what: str) -> None:
+        if not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
+            raise PolicyInputError(f"{what}: input_ids must be an int64 tensor [B, S], got "
+                                   f"{getattr(input_ids, 'dtype', type(input_ids))} "
+                                   f"{tuple(getattr(input_ids, 'shape', ()))}")
+        b, s = input_ids.shape
+        if not torch.is_tensor(lengths) or lengths.shape != (b,):
+            raise PolicyInputError(f"{what}: lengths must be a tensor [B={b}], got "
+                                   f"{tuple(getattr(lengths, 'shape', ()))}")
+        if b == 0:
+            raise PolicyInputError(f"{what}: empty batch")
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 1 or hi > s:
+            bad = int(((lengths < 1) | (lengths > s)).nonzero()[0])
+            raise PolicyInputError(f"{what}: lengths[{bad}] = {int(lengths[bad])} is outside [1, S={s}]")
+        limit = self.cfg.max_total_sequence_length
+        if hi > limit:
+            bad = int(lengths.argmax())
+            raise PolicyInputError(
+                f"{what}: sample {bad} has {hi} tokens > policy.max_total_sequence_length={limit}; "
+                f"raise policy.max_total_sequence_length or lower generation.max_new_tokens"
+            )
+        vocab = int(self.hf_config.vocab_size)
+        valid = torch.arange(s)[None, :] < lengths[:, None]
+        ids = input_ids[valid]
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise PolicyInputError(f"{what}: token id {int(ids.max())} outside the vocabulary [0, {vocab})")
+
+    # ------------------------------------------------------------------ batching
+
+    def _seq_multiple(self) -> int:
+        return self.cfg.tensor_model_parallel_size if self.cfg.sequence_parallel else 1
+
+    def _micro_batches(
+        self, batch: dict[str, torch.Tensor], lengths: torch.Tensor, start: int, stop: int, mbs: int
+    ) -> tuple[list[dict[str, torch.Tensor]], int]:
+        """Cut rows [start, stop) into micro-batches of ``mbs`` rows, each trimmed to its own longest
+        sequence (with pipeline parallelism: to the batch's longest, since the p2p shapes are fixed).
+        Tensors with a sequence axis (dim 1 of size S) are trimmed with input_ids."""
+        s_full = batch["input_ids"].shape[1]
+        mult = self._seq_multiple()
+        round_up = lambda n: -(-n // mult) * mult
+        fixed = None
+        if self.cfg.pipeline_model_parallel_size > 1:
+            fixed = round_up(int(lengths.max()))
+        out = []
+        for lo in range(start, stop, mbs):
+            hi = lo + mbs
+            s_mb = fixed or round_up(int(lengths[lo:hi].max()))
+            mb = {}
+            for key, value in batch.items():
+                v = value[lo:hi]
+                if v.dim() >= 2 and v.shape[1] == s_full:
+                    if s_mb <= s_full:
+                        v = v[:, :s_mb]
+                    else:  # rounded up past S for sequence parallelism: pad with zeros
+                        pad = torch.zeros((v.shape[0], s_mb - s_full, *v.shape[2:]), dtype=v.dtype)
+                        v = torch.cat([v, pad], dim=1)
+                mb[key] = v.to(self.device) if self.device is not None else v
+            out.append(mb)
+        return out, (fixed or 0)
+
+    def _forward(self, model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        b, s = input_ids.shape
+        position_ids = torch.arange(s, device=input_ids.device)[None, :].expand(b, s)
+        # right padding + causal attention: padded positions never influence valid ones
+        return model(input_ids, position_ids, None)
+
+    # ------------------------------------------------------------------ logprobs
+
+    @torch.no_grad()
+    def logprobs(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Per-token logprobs of right-padded sequences.
+
+        input_ids: [B, S] int64, lengths: [B] -> [B, S] float32 (CPU) where out[b, t] =
+        log p(input_ids[b, t] | input_ids[b, :t]) for 1 <= t < lengths[b] and 0 elsewhere.
+        Runs in micro-batches of ``policy.logprob_batch_size`` through megatron's schedule (so PP
+        works), rows split over DP; every rank returns the same tensor.
+        """
+        from megatron.core import parallel_state
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        self._check_sequences(input_ids, lengths, "logprobs")
+        b, s = input_ids.shape
+        dp = parallel_state.get_data_parallel_world_size()
+        dp_rank = parallel_state.get_data_parallel_rank()
+        mbs = max(1, self.cfg.logprob_batch_size)
+        per_rank = -(-b // (dp * mbs)) * mbs  # pad B up with 1-token dummy rows
+        pad_rows = per_rank * dp - b
+        ids = torch.cat([input_ids, torch.zeros((pad_rows, s), dtype=torch.long)]) if pad_rows else input_ids
+        lens = torch.cat([lengths, torch.ones(pad_rows, dtype=lengths.dtype)]) if pad_rows else lengths
+        lo = dp_rank * per_rank
+        micro, fixed = self._micro_batches({"input_ids": ids, "lengths": lens}, lens, lo, lo + per_rank, mbs)
+
+        def forward_step(data_iterator: Iterator, model: torch.nn.Module):
+            mb = next(data_iterator)
+            output = self._forward(model, mb["input_ids"])
+
+            def loss_func(logits: torch.Tensor):
+                logp = token_logprobs(logits, mb["input_ids"], self.temperature)
+                logp = logp * _length_mask(mb["lengths"], logp.shape[1])
+                return logp.sum() * 0.0, torch.ones((), dtype=torch.int), {"logprobs": logp}
+
+            return output, loss_func
+
+        seq = fixed or max(m["input_ids"].shape[1] for m in micro)
+        results = get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(micro),
+            model=[self.ddp],
+            num_microbatches=len(micro),
+            seq_length=seq,
+            micro_batch_size=mbs,
+            forward_only=True,
+        )
+        local = torch.zeros((per_rank, s), dtype=torch.float32, device=self.device)
+        if parallel_state.is_pipeline_last_stage():
+            row = 0
+            for r in results:
+                lp = r["logprobs"]
+                width = min(lp.shape[1], s)
+                local[row : row + lp.shape[0], :width] = lp[:, :width]
+                row += lp.shape[0]
+        if dp > 1:
+            parts = [torch.empty_like(local) for _ in range(dp)]
+            dist.all_gather(parts, local, group=parallel_state.get_data_parallel_group())
+            local = torch.cat(parts)
+        if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+            dist.broadcast(
+                local,
+                src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                group=parallel_state.get_pipeline_model_parallel_group(),
+            )
+        return local[:b].cpu()
+
+    # ------------------------------------------------------------------ training
+
+    def train_step(self, batch: dict[str, torch.Tensor], loss_fn: LossFn) -> dict[str, float]:
+        """One optimizer step on the global batch.
+
+        batch: ``input_ids`` [B, S] int64 (right-padded), ``lengths`` [B], plus any per-sample [B] or
+        per-token [B, S] tensors ``loss_fn`` needs (B first; per-token tensors are trimmed to each
+        micro-batch's length along dim 1). B must be divisible by DP size * train_micro_batch_size.
+        ``loss_fn(logprobs [b, s_mb], micro_batch) -> (loss, metrics)``: the micro-batch's contribution
+        to the global loss (see the module docstring). Returns ``loss`` (summed), ``grad_norm`` (before
+        clipping), ``lr`` (used by this step), and the loss_fn metrics summed over micro-batches and DP.
+        """
+        from megatron.core import parallel_state
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        if self._optimizer_offloaded:
+            self.onload_optimizer()
+        if "input_ids" not in batch or "lengths" not in batch:
+            raise PolicyInputError(f"train_step: batch needs 'input_ids' and 'lengths', got {sorted(batch)}")
+        input_ids, lengths = batch["input_ids"], batch["lengths"]
+        self._check_sequences(input_ids, lengths, "train_step")
+        b = input_ids.shape[0]
+        for key, value in batch.items():
+            if not torch.is_tensor(value) or value.dim() == 0 or value.shape[0] != b:
+                raise PolicyInputError(
+                    f"train_step: batch['{key}'] must be a tensor with first dim B={b}, got "
+                    f"{tuple(value.shape) if torch.is_tensor(value) else type(value).__name__}"
+                )
+        dp = parallel_state.get_data_parallel_world_size()
+        mbs = self.cfg.train_micro_batch_size
+        if b % (dp * mbs):
+            raise PolicyInputError(
+                f"train_step: batch size {b} is not divisible by data-parallel size {dp} x "
+                f"policy.train_micro_batch_size {mbs}; make the samples per step (num_prompts_per_step x "
+                f"num_generations_per_prompt) a multiple of {dp * mbs} or change "
+                f"policy.train_micro_batch_size"
+            )
+        per_rank = b // dp
+        lo = parallel_state.get_data_parallel_rank() * per_rank
+        micro, fixed = self._micro_batches(batch, lengths, lo, lo + per_rank, mbs)
+
+        def forward_step(data_iterator: Iterator, model: torch.nn.Module):
+            mb = next(data_iterator)
+            output = self._forward(model, mb["input_ids"])
+
+            def loss_func(logits: torch.Tensor):
+                logp = token_logprobs(logits, mb["input_ids"], self.temperature)
+                logp = logp * _length_mask(mb["lengths"], logp.shape[1])
+                loss, metrics = loss_fn(logp, mb)
+                if not torch.is_tensor(loss) or loss.dim() != 0:
+                    raise PolicyInputError("train_step: loss_fn must return a scalar tensor as its loss")
+                reduced = {"loss": float(loss.detach())}
+                reduced.update({k: float(v) for k, v in metrics.items()})
+                return loss, torch.ones((), dtype=torch.int), reduced
+
+            return output, loss_func
+
+        self.ddp.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        seq = fixed or max(m["input_ids"].shape[1] for m in micro)
+        results = get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(micro),
+            model=[self.ddp],
+            num_microbatches=len(micro),
+            seq_length=seq,
+            micro_batch_size=mbs,
+            forward_only=False,
+        )
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        update_ok, grad_norm, _ = self.optimizer.step()
+        if update_ok:
+            self.scheduler.step(increment=1)
+        metrics = _reduce_metrics(results, self.device)
+        metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        metrics["lr"] = lr
+        return metrics
+
+    # ------------------------------------------------------------------ weights and state
+
+    def weight_stream(self, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """The full model as HF-named tensors in buckets of about ``bucket_bytes`` (collective: every
+        rank must iterate it to the end). See ``models.hf_mapping.iter_hf_weights``."""
+        from megatron_grpo.models.hf_mapping import iter_hf_weights
+
+        return iter_hf_weights(self.model, bucket_bytes)
+
+    def sharded_state_dict(self, *, is_loading: bool = False) -> dict[str, Any]:
+        """Megatron dist-checkpointing state: model, optimizer (DistOpt as ``dp_reshardable``: resumable
+        at the same TP/PP with any DP) and the LR scheduler. Model weights alone reshard to any TP/PP."""
+        model_sd = self.model.sharded_state_dict()
+        metadata = {"distrib_optim_sharding_type": "dp_reshardable"}
+        return {
+            "model": model_sd,
+            "optimizer": self.optimizer.sharded_state_dict(
+                model_sd, is_loading=is_loading, metadata=metadata
+            ),
+            "opt_param_scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_sharded_state_dict(self, state: dict[str, Any]) -> None:
+        """Apply what ``dist_checkpointing.load`` returned for ``sharded_state_dict(is_loading=True)``."""
+        self.model.load_state_dict(state["model"], strict=True)
+        with torch.no_grad():  # fp32 + DistOpt: main params are views of leaf params
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["opt_param_scheduler"])
+
+    def offload_optimizer(self) -> None:
+        """Move optimizer state (Adam moments; bf16 runs: fp32 main weights) to CPU to free GPU memory
+        during generation. No-op without CUDA."""
+        if self.device is None or self._optimizer_offloaded:
+            return
+        _move_optimizer_state(self.optimizer, torch.device("cpu"), move_main_params=self.bf16)
+        self._optimizer_offloaded = True
+        torch.cuda.empty_cache()
+
+    def onload_optimizer(self) -> None:
+        """Undo ``offload_optimizer`` (called automatically by ``train_step``)."""
+        if self.device is None or not self._optimizer_offloaded:
+            return
+        _move_optimizer_state(self.optimizer, self.device, move_main_params=self.bf16)
+        self._optimizer_offloaded = False
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _finalize_grads_summed(model_chunks: list, num_tokens: Any = None, **kwargs: Any) -> None:
+    """megatron's finalize_model_grads (DP all-reduce, TP/SP norm grads, tied embeddings over PP)
+    without the 1/num_tokens rescale that ``calculate_per_token_loss`` would apply: the caller's
+    loss contributions are already globally normalized."""
+    from megatron.core.distributed import finalize_model_grads
+
+    finalize_model_grads(model_chunks, None, **kwargs)
+
+
+def _build_optimizer(cfg: PolicyConfig, ddp: torch.nn.Module, params_dtype: torch.dtype,
+                     train_iters: int | None) -> tuple[Any, Any]:
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    o = cfg.optimizer
+    if o.min_lr > o.lr:
+        raise PolicyInputError(f"policy.optimizer.min_lr={o.min_lr} must be <= policy.optimizer.lr={o.lr}")
+    if o.lr_decay_style not in ("constant", "linear", "cosine"):
+        raise PolicyInputError(
+            f"policy.optimizer.lr_decay_style must be constant, linear or cosine, got {o.lr_decay_style!r}"
+        )
+    decay_steps = o.lr_decay_steps or train_iters
+    if o.lr_decay_style != "constant" and not decay_steps:
+        raise PolicyInputError(
+            f"policy.optimizer.lr_decay_style={o.lr_decay_style!r} needs policy.optimizer.lr_decay_steps"
+        )
+    decay_steps = max(decay_steps or 0, o.lr_warmup_steps + 1)
+    bf16 = params_dtype == torch.bfloat16
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(
+            optimizer="adam",
+            lr=o.lr,
+            min_lr=o.min_lr,
+            weight_decay=o.weight_decay,
+            adam_beta1=o.adam_beta1,
+            adam_beta2=o.adam_beta2,
+            adam_eps=o.adam_eps,
+            clip_grad=o.clip_grad,
+            bf16=bf16,
+            params_dtype=params_dtype,
+            use_distributed_optimizer=o.use_distributed_optimizer,
+        ),
+        [ddp],
+    )
+    scheduler = OptimizerParamScheduler(
+        optimizer,
+        init_lr=o.lr_warmup_init if o.lr_warmup_steps > 0 else o.lr,
+        max_lr=o.lr,
+        min_lr=o.min_lr,
+        lr_warmup_steps=o.lr_warmup_steps,
+        lr_decay_steps=decay_steps,
+        lr_decay_style=o.lr_decay_style,
+        start_wd=o.weight_decay,
+        end_wd=o.weight_decay,
+        wd_incr_steps=decay_steps,
+        wd_incr_style="constant",
+    )
+    return optimizer, scheduler
+
+
+def _reduce_metrics(results: list[dict[str, float]], device: torch.device | None) -> dict[str, float]:
+    """Sum the per-micro-batch dicts of the last PP stage over micro-batches and DP; share with all
+    PP stages (they never ran the loss function)."""
+    from megatron.core import parallel_state
+
+    keys: list[str] = []
+    if parallel_state.is_pipeline_last_stage():
+        keys = sorted({k for r in results for k in r})
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        box = [keys]
+        dist.broadcast_object_list(
+            box,
+            src=parallel_state.get_pipeline_model_parallel_last_rank(),
+            group=parallel_state.get_pipeline_model_parallel_group(),
+            device=device,
+        )
+        keys = box[0]
+    values = torch.zeros(len(keys), dtype=torch.float64, device=device)
+    if parallel_state.is_pipeline_last_stage():
+        for r in results:
+            for i, k in enumerate(keys):
+                values[i] += float(r.get(k, 0.0))
+        if parallel_state.get_data_parallel_world_size() > 1:
+            dist.all_reduce(values, group=parallel_state.get_data_parallel_group())
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        dist.broadcast(
+            values,
+            src=parallel_state.get_pipeline_model_parallel_last_rank(),
+            group=parallel_state.get_pipeline_model_parallel_group(),
+        )
+    return {k: float(v) for k, v in zip(keys, values.tolist())}
+
+
+def _move_optimizer_state(optimizer: Any, device: torch.device, *, move_main_params: bool) -> None:
+    """Move the optimizer-owned tensors: Adam moments, and with mixed precision the fp32 main params
+    (in fp32 runs those alias the model's own weights and must stay)."""
+    for opt in getattr(optimizer, "chimera_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if inner is None:
+            continue
+        for state in inner.state.values():
+            for k, v in state.items():
+                if torch.is_tensor(v) and v.dim() > 0:
+                    state[k] = v.to(device, non_blocking=True)
+        if move_main_params:
+            for group in inner.param_groups:
+                for p in group["params"]:
+                    p.data = p.data.to(device, non_blocking=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
