@@ -197,6 +197,10 @@ def clipped_pg_loss(
         )
     if ratio_clip_c is not None and ratio_clip_c <= 1.0:
         raise ValueError(f"loss_fn.ratio_clip_c must be > 1 (dual clip), got {ratio_clip_c}")
+    if advantages.shape not in (logprobs.shape[:1], logprobs.shape):
+        raise ValueError(
+            f"advantages must be [b] or [b, S] = {tuple(logprobs.shape)}, got {tuple(advantages.shape)}"
+        )
     active = weights != 0
     adv = advantages.to(logprobs.dtype)
     if adv.dim() == 1:

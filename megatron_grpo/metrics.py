@@ -173,6 +173,35 @@ class WandbSink:
 _SHORT = {"generation": "gen", "reward": "env", "logprobs": "lp", "validation": "val", "checkpoint": "ckpt"}
 
 
+def throughput_metrics(
+    *,
+    num_samples: int,
+    step_seconds: float,
+    generated_tokens: int,
+    generation_seconds: float,
+    training_flops: float,
+    training_seconds: float,
+    num_gpus: int,
+    peak_flops_per_gpu: float | None = None,
+) -> dict[str, float]:
+    """The step's throughput metrics under their logged names (a zero duration leaves its key out).
+
+    training_flops: the model FLOPs of the step's training pass (flops.training_flops over all
+    sequences); TFLOP/s are per GPU, MFU is against ``peak_flops_per_gpu`` (flops.peak_flops).
+    """
+    out: dict[str, float] = {}
+    if step_seconds > 0:
+        out[E2E_SAMPLES_PER_S] = num_samples / step_seconds
+    if generation_seconds > 0:
+        out[GENERATION_TOKENS_PER_S] = generated_tokens / generation_seconds
+    if training_seconds > 0 and num_gpus > 0:
+        per_gpu = training_flops / training_seconds / num_gpus
+        out[TRAINING_TFLOPS_PER_S] = per_gpu / 1e12
+        if peak_flops_per_gpu:
+            out[MFU] = per_gpu / peak_flops_per_gpu
+    return out
+
+
 def _fmt_duration(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)

@@ -297,6 +297,16 @@ def test_micro_batch_split_invariance(token_level):
         assert torch.allclose(part[2], whole[2], atol=1e-7)
 
 
+def test_advantages_per_token_and_bad_shape():
+    lp, old, _, adv, mask = random_batch()
+    w = loss_token_weights(mask, token_level=True)
+    per_seq, _ = clipped_pg_loss(lp, old, adv, w, **CLIP)
+    per_tok, _ = clipped_pg_loss(lp, old, adv[:, None].expand_as(lp), w, **CLIP)
+    assert per_tok.item() == pytest.approx(per_seq.item())
+    with pytest.raises(ValueError, match="advantages must be"):
+        clipped_pg_loss(lp, old, adv[:3], w, **CLIP)
+
+
 def test_make_loss_fn_errors():
     cfg = LossConfig(reference_policy_kl_penalty=0.1)
     lp, old, _, adv, mask = random_batch()

@@ -18,7 +18,7 @@ from megatron_grpo.flops import (
     training_flops,
     training_flops_per_token,
 )
-from megatron_grpo.metrics import MetricsLogger, progress_line, read_metrics
+from megatron_grpo.metrics import MetricsLogger, progress_line, read_metrics, throughput_metrics
 from megatron_grpo.plot import main as plot_main
 
 STEP1 = {
@@ -118,6 +118,17 @@ def test_metric_key_names_follow_the_seed():
                 "train:policy_loss", "policy_loss", "grad_norm", "gen_train_logprob_error"):
         assert key in M.METRIC_KEYS
         assert key in M.__doc__
+
+
+def test_throughput_metrics():
+    got = throughput_metrics(num_samples=256, step_seconds=128.0, generated_tokens=50_000,
+                             generation_seconds=100.0, training_flops=8 * 400e12 * 20, training_seconds=20.0,
+                             num_gpus=8, peak_flops_per_gpu=1000e12)
+    assert got == {"train:e2e_samples_per_s": 2.0, "train:generation_tokens_per_s": 500.0,
+                   "train:training_tflops_per_s": 400.0, "train:mfu": 0.4}
+    assert "train:mfu" not in throughput_metrics(num_samples=1, step_seconds=1, generated_tokens=1,
+                                                 generation_seconds=0, training_flops=1, training_seconds=1,
+                                                 num_gpus=1)
 
 
 # ----------------------------------------------------------------------------- plot
