@@ -116,7 +116,6 @@ class EnvConfig:
 
     data_dir: str | None = None  # sandbox csv_data; None -> WORKPLACE_DATA_DIR or the download cache
     num_actors: int = 4
-    max_steps: int = 6
     tool_subset: str = "all"  # all | domain (the task's domains + company_directory, WorkBench style)
 
 
