@@ -1,0 +1,94 @@
+"""The hf generation engine on a tiny random Qwen3: batching, raw logprobs, stops, budgets, seeds."""
+
+import pytest
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from megatron_grpo.generation import make_engine
+from megatron_grpo.generation.base import SamplingParams
+from megatron_grpo.generation.hf import HFEngine, filter_logits
+
+VOCAB = 300
+
+
+def tiny_qwen3(seed: int) -> Qwen3ForCausalLM:
+    torch.manual_seed(seed)
+    config = Qwen3Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         max_position_embeddings=512, tie_word_embeddings=False)
+    return Qwen3ForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return HFEngine(tiny_qwen3(0))
+
+
+PROMPTS = [[5, 9, 17, 33, 2, 8, 100], [7, 7], [250, 1, 2, 3]]
+
+
+def test_left_padded_batch_matches_single_prompts(engine):
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=8)
+    batch = engine.generate(PROMPTS, greedy)
+    for prompt, gen in zip(PROMPTS, batch):
+        (alone,) = engine.generate([prompt], greedy)
+        assert gen.token_ids == alone.token_ids
+        assert gen.logprobs == pytest.approx(alone.logprobs, abs=1e-5)
+        assert gen.finish_reason == "length" and len(gen.token_ids) == 8
+
+
+def test_logprobs_are_raw_logprobs_of_sampled_tokens(engine):
+    params = SamplingParams(temperature=0.7, top_k=50, top_p=0.9, max_new_tokens=6, seed=3)
+    for prompt, gen in zip(PROMPTS, engine.generate(PROMPTS, params)):
+        scored = engine.score([prompt + gen.token_ids])[0][len(prompt):]
+        assert gen.logprobs == pytest.approx(scored, abs=1e-5)
+
+
+def test_stop_ids_and_per_prompt_budgets(engine):
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=10)
+    free = engine.generate(PROMPTS, greedy)
+    stop_id = free[0].token_ids[3]
+    first = free[0].token_ids.index(stop_id)
+    with_stop = SamplingParams(temperature=0.0, max_new_tokens=10, stop_token_ids=(stop_id,))
+    stopped = engine.generate(PROMPTS, with_stop, max_new_tokens=[10, 2, 5])
+    assert stopped[0].token_ids == free[0].token_ids[: first + 1]
+    assert stopped[0].finish_reason == "stop" and stopped[0].stop_token_id == stop_id
+    for gen, ref, budget in zip(stopped[1:], free[1:], [2, 5]):
+        expected = ref.token_ids[:budget]
+        if stop_id in expected:
+            expected = expected[: expected.index(stop_id) + 1]
+        assert gen.token_ids == expected
+        assert gen.finish_reason == ("stop" if expected[-1] == stop_id else "length")
+    with pytest.raises(ValueError, match="entries"):
+        engine.generate(PROMPTS, greedy, max_new_tokens=[1])
+
+
+def test_seeded_sampling_is_reproducible(engine):
+    params = SamplingParams(temperature=1.0, max_new_tokens=12, seed=7)
+    a = engine.generate(PROMPTS, params)
+    b = engine.generate(PROMPTS, params)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    c = engine.generate(PROMPTS, SamplingParams(temperature=1.0, max_new_tokens=12, seed=8))
+    assert [g.token_ids for g in a] != [g.token_ids for g in c]
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    kept = torch.isfinite(filter_logits(logits, SamplingParams(top_k=1))).tolist()
+    assert kept == [[False, True, False, False]]
+    kept = torch.isfinite(filter_logits(logits, SamplingParams(top_k=2))).tolist()
+    assert kept == [[False, True, True, False]]
+    probs = torch.softmax(logits, -1)[0]  # p(1)=0.64, p(2)=0.24, ...
+    just_first = SamplingParams(top_p=float(probs[1]) - 0.01)
+    assert torch.isfinite(filter_logits(logits, just_first)).tolist() == [[False, True, False, False]]
+    two = SamplingParams(top_p=float(probs[1] + probs[2]) - 0.01)
+    assert torch.isfinite(filter_logits(logits, two)).tolist() == [[False, True, True, False]]
+
+
+def test_make_engine_from_saved_folder(tmp_path):
+    tiny_qwen3(1).save_pretrained(tmp_path)
+    engine = make_engine("hf", model=str(tmp_path))
+    (gen,) = engine.generate([[1, 2, 3]], SamplingParams(temperature=0.0, max_new_tokens=3))
+    assert len(gen.token_ids) == 3
+    with pytest.raises(ValueError, match="unknown generation backend"):
+        make_engine("tgi")
