@@ -18,6 +18,7 @@ A call is ``{"name", "arguments"}`` (arguments: JSON text) and optionally ``"err
 repr of why the block was unparsable). Execution follows NeMo-Gym simple_agent: arguments that do
 not ``json.loads`` (or carry a parse error) are not executed and return
 ``{"error": "Invalid tool call arguments: <repr>"}``; otherwise the environment's output text.
+``data_dir`` is the sandbox folder (None: ``WORKPLACE_DATA_DIR`` or the download cache).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # environment variables an actor needs (never the whole os.environ: NeMo-RL issue #309)
-ACTOR_ENV_VARS = ("WORKPLACE_DATA_DIR", "PYTHONWARNINGS", "PYTHONHASHSEED")
+ACTOR_ENV_VARS = ("WORKPLACE_DATA_DIR", "MEGATRON_GRPO_CACHE", "PYTHONWARNINGS", "PYTHONHASHSEED")
 
 
 def invalid_arguments_output(error_repr: str) -> str:
@@ -39,17 +40,15 @@ def invalid_arguments_output(error_repr: str) -> str:
 
 
 def execute_call(env: Any, call: dict) -> str:
-    """Run one call on one episode's environment the way the reference agent does."""
+    """Run one call on one episode's environment the way the reference agent does.
+
+    A call the parser could not read (``"error"`` set) is answered with the reference's
+    invalid-arguments text without touching the databases; everything else (including arguments
+    that are not valid JSON) goes to ``WorkplaceEnv.call``, which answers as the reference does.
+    """
     if call.get("error"):
         return invalid_arguments_output(call["error"])
-    try:
-        arguments = json.loads(call["arguments"])
-    except (json.JSONDecodeError, TypeError) as exc:
-        return invalid_arguments_output(repr(exc))
-    if not isinstance(arguments, dict):
-        kind = type(arguments).__name__
-        return invalid_arguments_output(repr(TypeError(f"arguments must be a JSON object, got {kind}")))
-    return env.call(call["name"], arguments)
+    return env.call(call["name"], call["arguments"])
 
 
 class EpisodeWorker:

@@ -1,0 +1,157 @@
+"""The agent loop with the scripted engine and the real Workplace environment: stop reasons, lock-step
+batching, exact ids/masks/logprobs, invalid calls, and the reward of a correct trajectory."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from environment.pool import LocalEnvPool
+from environment.workplace import WorkplaceEnv
+from megatron_grpo.generation.base import SamplingParams
+from megatron_grpo.generation.scripted import ScriptedEngine
+from megatron_grpo.models.tiny_tokenizer import sample_texts, train_tiny_tokenizer
+from megatron_grpo.rollout.agent_loop import run_episodes
+from megatron_grpo.rollout.chat import ChatRenderer
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+EXAMPLES = SHARED / "data/workplace_assistant/data/example.jsonl"
+DATA_DIR = str(SHARED / "data/workplace_assistant/csv_data")
+LOGPROB = -0.75
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return [json.loads(line) for line in EXAMPLES.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def renderer(samples):
+    return ChatRenderer(train_tiny_tokenizer(sample_texts(samples), vocab_size=1024))
+
+
+@pytest.fixture
+def env():
+    return LocalEnvPool(DATA_DIR)
+
+
+def call_text(calls, content=""):
+    blocks = [f'<tool_call>\n{{"name": "{c["name"]}", "arguments": {c["arguments"]}}}\n</tool_call>'
+              for c in calls]
+    return "\n".join(([content] if content else []) + blocks)
+
+
+def turn(renderer, text, end="<|im_end|>"):
+    return renderer.tokenizer.encode(text + end, add_special_tokens=False)
+
+
+def run(renderer, env, samples, scripts, **kwargs):
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=kwargs.pop("max_new_tokens", 512))
+    engine = ScriptedEngine(scripts, logprob=LOGPROB)
+    return engine, run_episodes(engine, env, renderer, samples, sampling, **kwargs)
+
+
+def reference_outputs(calls):
+    env = WorkplaceEnv(data_dir=DATA_DIR)
+    return [env.call(c["name"], c["arguments"]) for c in calls]
+
+
+def test_correct_trajectory_gets_reward_one_with_exact_ids_and_mask(renderer, env, samples):
+    sample = samples[1]  # calendar_update_event; ground truth has one call
+    gt = sample["ground_truth"]
+    search = [{"name": "calendar_search_events", "arguments": '{"query": "December 1"}'}]
+    turns = [turn(renderer, call_text(search, "Let me look.")), turn(renderer, call_text(gt)),
+             turn(renderer, "Renamed.")]
+    _, batch = run(renderer, env, [sample], [turns])
+    (ep,) = batch.episodes
+    assert ep.reward == 1.0 and ep.stop_reason == "no_tool_calls" and ep.num_turns == 3
+    assert ep.calls == search + gt
+    out1, out2 = reference_outputs(search), reference_outputs(search + gt)[1:]
+    assert ep.tool_outputs == out1 + out2
+    prompt = renderer.prompt_ids(sample["responses_create_params"])
+    tool1, tool2 = renderer.tool_turn_ids(out1), renderer.tool_turn_ids(out2)
+    assert ep.prompt_len == len(prompt)
+    assert ep.token_ids == prompt + turns[0] + tool1 + turns[1] + tool2 + turns[2]
+    assert ep.loss_mask == ([0] * len(prompt) + [1] * len(turns[0]) + [0] * len(tool1) + [1] * len(turns[1])
+                            + [0] * len(tool2) + [1] * len(turns[2]))
+    assert ep.logprobs == [LOGPROB * m for m in ep.loss_mask]
+    assert set(batch.timing) >= {"generation", "env", "tokenization", "total"}
+
+
+def test_wrong_and_multi_call_trajectories(renderer, env, samples):
+    deletes = samples[3]["ground_truth"]  # four delete_customer calls, made in one turn
+    scripts = [[turn(renderer, call_text(deletes)), turn(renderer, "Deleted.")],
+               [turn(renderer, call_text(deletes[:2])), turn(renderer, "Deleted.")],
+               [turn(renderer, "Nothing to do.")]]
+    _, batch = run(renderer, env, [samples[3], samples[3], samples[1]], scripts)
+    assert [ep.reward for ep in batch.episodes] == [1.0, 0.0, 0.0]
+    assert [ep.num_turns for ep in batch.episodes] == [2, 2, 1]
+    assert batch.episodes[0].calls == deletes
+
+
+def test_lock_step_one_generate_call_per_turn(renderer, env, samples):
+    call = [{"name": "company_directory_find_email_address", "arguments": '{"name": "raj"}'}]
+    scripts = [[turn(renderer, call_text(call))] * k + [turn(renderer, "ok")] for k in (0, 1, 3, 2)]
+    engine, batch = run(renderer, env, samples[:4], scripts)
+    assert engine.calls == [4, 3, 2, 1]  # live episodes per turn
+    assert [ep.num_turns for ep in batch.episodes] == [1, 2, 4, 3]
+    assert all(ep.stop_reason == "no_tool_calls" for ep in batch.episodes)
+
+
+def test_max_steps_executes_last_turns_calls(renderer, env, samples):
+    call = [{"name": "company_directory_find_email_address", "arguments": '{"name": "lena"}'}]
+    _, batch = run(renderer, env, [samples[0]], [[turn(renderer, call_text(call))] * 5], max_steps=3)
+    (ep,) = batch.episodes
+    assert ep.stop_reason == "max_steps" and ep.num_turns == 3 and ep.calls == call * 3
+    assert len(ep.tool_outputs) == 3
+    assert ep.token_ids[-1] == renderer.im_end_id  # no tool turn appended after the last call
+
+
+def test_eos_stops_after_executing_calls(renderer, env, samples):
+    gt = samples[1]["ground_truth"]
+    _, batch = run(renderer, env, [samples[1]], [[turn(renderer, call_text(gt), end="<|endoftext|>")]])
+    (ep,) = batch.episodes
+    assert ep.stop_reason == "eos" and ep.calls == gt and ep.reward == 1.0
+    assert ep.token_ids[-1] == renderer.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+
+
+def test_max_new_tokens_does_not_execute_calls(renderer, env, samples):
+    gt = samples[1]["ground_truth"]
+    script = turn(renderer, call_text(gt))
+    _, batch = run(renderer, env, [samples[1]], [[script]], max_new_tokens=len(script) - 1)
+    (ep,) = batch.episodes
+    assert ep.stop_reason == "max_new_tokens" and ep.calls == [] and ep.reward == 0.0
+    assert sum(ep.loss_mask) == len(script) - 1
+
+
+def test_context_limit(renderer, env, samples):
+    gt = samples[1]["ground_truth"]
+    script = turn(renderer, call_text(gt))
+    prompt_len = len(renderer.prompt_ids(samples[1]["responses_create_params"]))
+    # cut mid-turn by the context
+    _, batch = run(renderer, env, [samples[1]], [[script]], context_limit=prompt_len + 10)
+    (ep,) = batch.episodes
+    assert ep.stop_reason == "context_limit" and len(ep.token_ids) == prompt_len + 10 and ep.calls == []
+    # the turn fits, the tool turn after it does not: calls run, nothing appended
+    _, batch = run(renderer, env, [samples[1]], [[script, turn(renderer, "ok")]],
+                   context_limit=prompt_len + len(script) + 3)
+    (ep,) = batch.episodes
+    assert ep.stop_reason == "context_limit" and ep.calls == gt and ep.reward == 1.0
+    assert len(ep.token_ids) == prompt_len + len(script)
+    # the prompt alone is too long: no model call
+    engine, batch = run(renderer, env, [samples[1]], [[script]], context_limit=prompt_len)
+    assert batch.episodes[0].stop_reason == "context_limit" and batch.episodes[0].num_turns == 0
+    assert engine.calls == []
+
+
+def test_invalid_call_is_reported_and_episode_continues(renderer, env, samples):
+    broken = '<tool_call>\n{"name": "calendar_update_event", "arguments": {"event_id": "1"\n</tool_call>'
+    _, batch = run(renderer, env, [samples[1]], [[turn(renderer, broken), turn(renderer, "Sorry.")]])
+    (ep,) = batch.episodes
+    assert ep.num_turns == 2 and ep.stop_reason == "no_tool_calls"
+    (output,) = ep.tool_outputs
+    block = broken[len("<tool_call>"): -len("</tool_call>")].strip()
+    with pytest.raises(json.JSONDecodeError) as exc:
+        json.loads(block)
+    assert output == json.dumps({"error": f"Invalid tool call arguments: {exc.value!r}"})
+    assert ep.calls == [{"name": "calendar_update_event", "arguments": block}]
