@@ -101,6 +101,7 @@ class GenerationConfig:
 
     backend: str = "auto"  # auto | vllm | megatron | hf
     temperature: float = 1.0
+    val_temperature: float | None = None  # validation sampling; None: same as temperature, 0: greedy
     top_p: float = 1.0
     top_k: int | None = None
     max_new_tokens: int = 4096
