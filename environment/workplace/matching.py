@@ -74,7 +74,7 @@ def _needs_python_regex(pat: str, values: list[str]) -> bool:
     if any(op in (_parser.ASSERT, _parser.ASSERT_NOT, _parser.GROUPREF) for op, _ in nodes):
         return True
     space = {_parser.CATEGORY_SPACE, _parser.CATEGORY_NOT_SPACE}
-    if any(op == _parser.CATEGORY and arg in space for op, arg in nodes):
+    if any(arg in space for op, arg in nodes if op == _parser.CATEGORY):
         return True
     unicode_sensitive = {
         (_parser.CATEGORY, _parser.CATEGORY_WORD),
@@ -84,7 +84,9 @@ def _needs_python_regex(pat: str, values: list[str]) -> bool:
         (_parser.AT, _parser.AT_BOUNDARY),
         (_parser.AT, _parser.AT_NON_BOUNDARY),
     }
-    if any((op, arg) in unicode_sensitive for op, arg in nodes) and not all(v.isascii() for v in values):
+    at_or_category = (_parser.CATEGORY, _parser.AT)
+    sensitive = any((op, arg) in unicode_sensitive for op, arg in nodes if op in at_or_category)
+    if sensitive and not all(v.isascii() for v in values):
         return True
     if any(op == _parser.AT and arg == _parser.AT_END for op, arg in nodes):
         if any("\n" in v for v in values):

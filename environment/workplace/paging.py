@@ -7,14 +7,20 @@ It is written with the same operations as the reference so that odd ``page``/``p
 from typing import Any
 
 
-def paginate(records: list, page: Any, page_size: Any) -> tuple[list, Any, Any]:
-    """Return (records on the page, clamped page, total pages)."""
-    total = len(records)
-    total_pages = (total + page_size - 1) // page_size
-    page = max(1, min(page, total_pages)) if total_pages > 0 else 1
-    start_idx = (page - 1) * page_size
-    end_idx = min(start_idx + page_size, total)
-    return records[start_idx:end_idx], page, total_pages
+class Page:
+    """(clamped page, total pages, slice bounds); ``rows()`` slices only when asked, as the reference
+    slices only when there are results (so a float page_size errors only then)."""
+
+    def __init__(self, records: list, page: Any, page_size: Any):
+        self._records = records
+        total = len(records)
+        self.total_pages = (total + page_size - 1) // page_size
+        self.page = max(1, min(page, self.total_pages)) if self.total_pages > 0 else 1
+        self._start = (self.page - 1) * page_size
+        self._end = min(self._start + page_size, total)
+
+    def rows(self) -> list:
+        return [dict(row) for row in self._records[self._start : self._end]]
 
 
 def sort_desc_stable_like_numpy(keys: list[str]) -> list[int]:

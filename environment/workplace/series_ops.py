@@ -17,6 +17,12 @@ def _lengths_error(values: list, other: list) -> ValueError:
     return ValueError("Lengths must match to compare", (len(values),), (len(other),))
 
 
+def _check_int64(value: Any) -> None:
+    """pyarrow converts a Python int scalar to int64 before comparing a str column with it."""
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise OverflowError("Python int too large to convert to C long")
+
+
 def compare(values: list[Any], dtype: str, op: Any, other: Any) -> list[bool]:
     """``series <op> other`` for op in ==, !=, >=, <=."""
     if isinstance(other, list):
@@ -26,6 +32,9 @@ def compare(values: list[Any], dtype: str, op: Any, other: Any) -> list[bool]:
     if dtype == STR:
         if isinstance(other, dict):
             raise NotImplementedError(f"{_OP_NAMES[op]} not implemented for {type(other)}")
+        _check_int64(other)
+        if not values:
+            return []
         if isinstance(other, str):
             if op is operator.eq:
                 return [v == other for v in values]  # a missing cell (NaN) never equals a string
@@ -48,16 +57,23 @@ def compare(values: list[Any], dtype: str, op: Any, other: Any) -> list[bool]:
 def contains_value(values: list[Any], dtype: str, value: Any) -> bool:
     """``value in series.values`` (membership test the tools use before deleting or updating)."""
     if dtype == STR:
-        if isinstance(value, list):
-            if len(value) != len(values):
-                raise ValueError("Lengths must match to compare")
-            if len(values) > 1:
+        if isinstance(value, list):  # pandas first asks isna(value), element-wise for a list
+            if not value:
+                raise ValueError(
+                    "The truth value of an empty array is ambiguous. Use `array.size > 0` to check that an "
+                    "array is not empty."
+                )
+            if len(value) > 1:
                 raise ValueError(
                     "The truth value of an array with more than one element is ambiguous. "
                     "Use a.any() or a.all()"
                 )
+            if is_missing(value[0]):
+                return any(is_missing(v) for v in values)
+            raise ValueError("Lengths must match to compare")
         if isinstance(value, dict):
             raise NotImplementedError(f"eq not implemented for {type(value)}")
+        _check_int64(value)
         if not isinstance(value, str):
             return False
         return value in values

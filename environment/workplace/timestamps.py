@@ -160,9 +160,17 @@ def parse_timestamp(value: Any) -> Stamp | _NaT:
         stamp = _parse_iso(value)
         return stamp if stamp is not None else _parse_other(value)
     if isinstance(value, int) and not isinstance(value, bool):
+        if value == -(2**63):
+            return NAT
+        if not -(2**63) < value < 2**63:
+            raise ValueError(f"Out of bounds timestamp {value}")
         return _from_nanos(value)
     if isinstance(value, float):
         if value != value:
             return NAT
+        if value in (float("inf"), float("-inf")):
+            raise ValueError(f"cannot convert input {value} with the unit 'None'")
+        if not -(2.0**63) < value < 2.0**63:
+            raise ValueError(f"Out of bounds timestamp {value}")
         return _from_nanos(int(value))
     raise TypeError(f"Cannot convert input [{value}] of type {type(value)} to Timestamp")

@@ -3,7 +3,7 @@
 import operator
 
 from environment.workplace.matching import boolean_mask, column_contains
-from environment.workplace.paging import paginate
+from environment.workplace.paging import Page
 from environment.workplace.series_ops import checked_value, compare, contains_value
 from environment.workplace.state import EpisodeState
 from environment.workplace.timestamps import parse_timestamp
@@ -76,14 +76,14 @@ class CalendarTool:
             events = [e for e in events if parse_timestamp(e["event_start"]) <= time_max]
         if events:
             events.sort(key=lambda e: parse_timestamp(e["event_start"]), reverse=True)
-            page_rows, page, total_pages = paginate(events, page, page_size)
+            paged = Page(events, page, page_size)
             return {
-                "events": page_rows,
+                "events": paged.rows(),
                 "pagination": {
                     "total_events": len(events),
-                    "page": page,
+                    "page": paged.page,
                     "page_size": page_size,
-                    "total_pages": total_pages,
+                    "total_pages": paged.total_pages,
                 },
             }
         return "No events found."

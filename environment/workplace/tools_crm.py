@@ -3,7 +3,7 @@
 import operator
 
 from environment.workplace.matching import boolean_mask, column_contains
-from environment.workplace.paging import paginate
+from environment.workplace.paging import Page
 from environment.workplace.series_ops import checked_value, compare, contains_value
 from environment.workplace.state import EpisodeState
 from environment.workplace.tables import has_column
@@ -57,16 +57,15 @@ class CustomerRelationshipManagerTool:
             if bound:
                 hits = compare([r[column] for r in rows], table.column_dtype(column), op, bound)
                 rows = [r for r, hit in zip(rows, hits) if hit]
-        total = len(rows)
-        page_rows, page, total_pages = paginate(rows, page, page_size)
-        if total > 0:
+        paged = Page(rows, page, page_size)
+        if rows:
             return {
-                "customers": [dict(r) for r in page_rows],
+                "customers": paged.rows(),
                 "pagination": {
-                    "total_customers": total,
-                    "page": page,
+                    "total_customers": len(rows),
+                    "page": paged.page,
                     "page_size": page_size,
-                    "total_pages": total_pages,
+                    "total_pages": paged.total_pages,
                 },
             }
         return "No customers found."

@@ -2,7 +2,7 @@
 
 import operator
 
-from environment.workplace.paging import paginate, sort_desc_stable_like_numpy
+from environment.workplace.paging import Page, sort_desc_stable_like_numpy
 from environment.workplace.series_ops import compare, contains_value
 from environment.workplace.state import EpisodeState
 from environment.workplace.timestamps import parse_timestamp
@@ -64,16 +64,15 @@ class EmailTool:
                 emails = [e for e in emails if _sent_date(e) >= parse_timestamp(date_min).date()]
             if date_max:
                 emails = [e for e in emails if _sent_date(e) <= parse_timestamp(date_max).date()]
-            total = len(emails)
-            page_rows, page, total_pages = paginate(emails, page, page_size)
-            if total:
+            paged = Page(emails, page, page_size)
+            if emails:
                 return {
-                    "emails": [dict(row) for row in page_rows],
+                    "emails": paged.rows(),
                     "pagination": {
-                        "total_emails": total,
-                        "page": page,
+                        "total_emails": len(emails),
+                        "page": paged.page,
                         "page_size": page_size,
-                        "total_pages": total_pages,
+                        "total_pages": paged.total_pages,
                     },
                 }
             return "No emails found."
