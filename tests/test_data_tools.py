@@ -136,7 +136,7 @@ def test_download_hub_unreachable_names_source_flag(tmp_path):
 # ---------------------------------------------------------------- download: sandbox
 
 
-def test_sandbox_from_pypi_wheel_matches_reference_files(pypi_cache, capsys):
+def test_sandbox_from_pypi_wheel_matches_reference_files(pypi_cache, capsys, monkeypatch):
     dest = pypi_cache / "workplace_assistant" / "csv_data"
     for rel in SANDBOX_FILES:  # byte-identical to the reference copy (checked independently of the pins)
         assert (dest / rel).read_bytes() == (NEMO_CSV / rel).read_bytes(), rel
@@ -148,6 +148,15 @@ def test_sandbox_from_pypi_wheel_matches_reference_files(pypi_cache, capsys):
     capsys.readouterr()
     assert sandbox_fetch.fetch_sandbox(dest) == dest  # present and intact: skipped
     assert "skipping" in capsys.readouterr().out
+    # The environment finds it by default, and the reference examples score 1.0 on it.
+    from environment.workplace import default_data_dir, verify_calls
+
+    monkeypatch.setenv("MEGATRON_GRPO_CACHE", str(pypi_cache))
+    monkeypatch.delenv("WORKPLACE_DATA_DIR", raising=False)
+    assert Path(default_data_dir()) == dest
+    for row in read_jsonl(EXAMPLE):
+        assert verify_calls(row["ground_truth"], row["ground_truth"]) == 1.0
+        assert verify_calls([], row["ground_truth"]) == 0.0
 
 
 def _fake_wheel(path: Path, corrupt: str | None = None) -> Path:
@@ -194,9 +203,7 @@ def test_sandbox_local_copy_then_tamper_detected_and_force_restores(tmp_path, ca
 
 
 def test_sandbox_not_a_csv_data_folder(tmp_path, capsys):
-    assert (
-        download.main(["--no-tasks", "--sandbox", str(tmp_path), "--sandbox-dest", str(tmp_path / "d")]) == 1
-    )
+    assert download.main(["--no-tasks", "--sandbox", str(tmp_path), "--sandbox-dest", str(tmp_path / "d")]) == 1
     assert "missing processed/analytics_data.csv" in capsys.readouterr().err
 
 
@@ -258,8 +265,7 @@ def test_prepare_data_metrics_and_agent_ref(tmp_path):
     prepared = read_jsonl(path)
     assert [{k: v for k, v in r.items() if k != "agent_ref"} for r in prepared] == rows
     assert all(
-        r["agent_ref"] == {"type": "responses_api_agents", "name": "workplace_assistant_simple_agent"}
-        for r in prepared
+        r["agent_ref"] == {"type": "responses_api_agents", "name": "workplace_assistant_simple_agent"} for r in prepared
     )
     metrics = json.loads((tmp_path / "train_metrics.json").read_text())
     assert metrics["num_samples"] == 5
@@ -322,8 +328,35 @@ def test_wrapper_scripts_run(tmp_path):
         ("tools/prepare_data.py", ["--check", "--data", str(EXAMPLE)]),
         ("tools/download_workplace_assistant.py", ["--help"]),
     ]:
-        result = subprocess.run(
-            [sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, timeout=60
-        )
+        result = subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
     assert "--source" in result.stdout
+
+
+def test_download_through_datasets_load_dataset(example_jsonl, tmp_path):
+    """The Hugging Face code path, on a local dataset folder (no hub here): rows come back unchanged."""
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "train.jsonl").write_bytes(example_jsonl.read_bytes())
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    cmd = [sys.executable, "-m", "megatron_grpo.cli", "download", "--dataset", str(folder)]
+    cmd += ["--out", str(tmp_path / "out"), "--no-sandbox"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    source = {r["id"]: json.dumps(r) for r in read_jsonl(example_jsonl)}
+    rows = read_jsonl(tmp_path / "out" / "train.jsonl") + read_jsonl(tmp_path / "out" / "validation.jsonl")
+    assert sorted(json.dumps(r) for r in rows) == sorted(source.values())  # same keys, same order
+
+
+def test_arrow_nulls_and_key_order_are_undone():
+    """Parquet-backed datasets give every tool schema the union of all tools' keys, null-filled."""
+    row = read_jsonl(EXAMPLE)[2]
+    tools = row["responses_create_params"]["tools"]
+    union = sorted({k for t in tools for k in t["parameters"]["properties"]})
+    mangled = json.loads(json.dumps(row))
+    for tool in mangled["responses_create_params"]["tools"]:
+        props = tool["parameters"]["properties"]
+        tool["parameters"]["properties"] = {k: props.get(k) for k in union}  # null-filled, sorted keys
+    mangled["ground_truth"] = json.dumps(mangled["ground_truth"])
+    restored = download._from_arrow(mangled)
+    assert json.dumps(restored) == json.dumps(row)

@@ -119,7 +119,7 @@ def download_tasks(
         print(f"reading tasks from {source}")
         samples = load_source(source)
     else:
-        print(f"loading {dataset} (split {hf_split!r}) from the Hugging Face hub")
+        print(f"loading {dataset} (split {hf_split!r}) with datasets.load_dataset")
         samples = load_hf_tasks(dataset, hf_split)
     train, validation = stratified_split(samples, validation_fraction=validation_fraction, seed=seed)
     write_jsonl(train_path, train)
@@ -159,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(instead of the Hugging Face dataset)",
     )
     tasks.add_argument(
-        "--dataset", default=HF_DATASET, help=f"Hugging Face dataset id (default {HF_DATASET})"
+        "--dataset",
+        default=HF_DATASET,
+        help=f"Hugging Face dataset id or a local dataset folder (default {HF_DATASET})",
     )
     tasks.add_argument("--hf-split", default=HF_SPLIT, help="which split of it to divide (default train)")
     tasks.add_argument(
@@ -184,9 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="take csv_data from this local nemo-gym wheel instead of downloading it",
     )
-    sandbox.add_argument(
-        "--wheel-url", default=None, help="download the pinned wheel from this URL (a mirror)"
-    )
+    sandbox.add_argument("--wheel-url", default=None, help="download the pinned wheel from this URL (a mirror)")
     sandbox.add_argument(
         "--sandbox-dest",
         type=Path,
