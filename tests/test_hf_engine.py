@@ -101,3 +101,12 @@ def test_make_engine_from_saved_folder(tmp_path):
     assert len(gen.token_ids) == 3
     with pytest.raises(ValueError, match="unknown generation backend"):
         make_engine("tgi")
+
+
+def test_vllm_backend_names_the_install_when_missing():
+    """vLLM is not installed on CPU CI: asking for it must say how to get it."""
+    import importlib.util
+
+    assert importlib.util.find_spec("vllm") is None, "this check is for machines without vLLM"
+    with pytest.raises(ImportError, match=r"pip install 'megatron-grpo\[gpu\]'"):
+        make_engine("vllm", model="unused")
