@@ -215,14 +215,23 @@ class MegatronEngine:
             dist.broadcast(sampled, src=src, group=group)
         return sampled, raw.gather(-1, sampled[:, None]).squeeze(-1)
 
+    def _shape_for(self, batch: int, need_len: int) -> tuple[int, int]:
+        """Cache (rows, length) for a batch. With CUDA graphs both are bucketed (rows to a power of two,
+        length to a multiple of 256) so that the calls of a training run reuse a few captured graphs;
+        eager decoding uses the exact row count and a multiple of 64."""
+        if self.cuda_graphs:
+            return 1 << max(0, batch - 1).bit_length(), _round_up(need_len, 256)
+        return batch, _round_up(need_len, 64)
+
     def _generate_batch(self, prompts, params: SamplingParams, budgets: list[int], generator,
                         stats: dict) -> list[Generation]:
         dev = self.device
-        batch, width = len(prompts), max(len(p) for p in prompts)
+        real, width = len(prompts), max(len(p) for p in prompts)
         steps = max(budgets)
-        # cache length: prompt + new tokens (the last sampled token is never fed back), rounded so
-        # that repeated calls of similar size reuse the cache and the captured graph
-        max_len = _round_up(width + steps - 1, 64)
+        # the cache holds prompt + new tokens (the last sampled token is never fed back)
+        batch, max_len = self._shape_for(real, width + steps - 1)
+        prompts = list(prompts) + [[self.pad_token_id]] * (batch - real)  # filler rows: one step, dropped
+        budgets = list(budgets) + [1] * (batch - real)
         cache = self._cache_for(batch, max_len)
         self.forward.ensure_rope(max_len, dev)
 
@@ -282,9 +291,9 @@ class MegatronEngine:
         stats["prefill_s"] += t1 - t0
         stats["decode_s"] += t2 - t1
         stats["decode_steps"] += n_steps
-        stats["generated_tokens"] += int(n_out.sum())
+        stats["generated_tokens"] += int(n_out[:real].sum())
         result = []
-        for b in range(batch):
+        for b in range(real):
             n = int(n_out[b])
             tokens = out_ids[b, :n].tolist()
             reason = "stop" if bool(stopped[b]) else "length"

@@ -1,0 +1,221 @@
+"""Generation throughput: the megatron engine vs the hf engine, same model shape, same run.
+
+Qwen3-4B shape with random bf16 weights (nothing downloaded), prompt 1024 random ids, 256 sampled
+tokens per row (temperature 1, no stop id, so every row generates exactly 256), batch 16/64/256.
+tokens/s = batch x new tokens / wall time of one ``generate`` call (prefill included), as in
+../shared/reference/hf_engine_probe.py. The megatron engine is timed cold (first call: cache
+allocation and CUDA-graph capture included) and warm (same shapes again, the steady state of a
+training run), with CUDA graphs and without; the ratio printed is megatron (warm, graphs) / hf.
+Goal (issue 9): >= 10x the hf engine at batch 64 on one GPU.
+
+    .venv/bin/python bench/generation.py                       # GPU, full shape
+    .venv/bin/python bench/generation.py --tiny --device cpu   # smoke run
+    options: --batches 16,64,256 --hf-batches 16,64 --prompt-len 1024 --new-tokens 256 --out FILE
+
+Results are printed as JSON lines and written to --out (default $OUT/generation_bench.json when
+$OUT is set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+
+import torch
+
+QWEN3_4B = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=32768,
+                rope_theta=1e6, tie_word_embeddings=True, rms_norm_eps=1e-6)
+TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
+            rope_theta=1e6, tie_word_embeddings=True, rms_norm_eps=1e-6)
+
+
+def _emit(record: dict, results: list) -> None:
+    results.append(record)
+    print(json.dumps(record), flush=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def build_megatron_model(hf_config, device: torch.device, dtype: torch.dtype):
+    """Qwen3 GPTModel (the policy's builder) with random weights drawn on the device (fast)."""
+    from megatron_grpo.models.qwen3 import build_qwen3_model, transformer_config_from_hf
+
+    from megatron_grpo.distributed import init_distributed
+
+    for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=os.environ.get("MASTER_PORT", "29517")).items():
+        os.environ.setdefault(key, value)
+    init_distributed(tp=1, pp=1)
+    config = transformer_config_from_hf(hf_config, tp=1, pp=1, params_dtype=dtype)
+    if device.type == "cuda":  # allocate on the GPU and fill there instead of a 4B-param CPU init
+        config.use_cpu_initialization = False
+        config.perform_initialization = False
+    model = build_qwen3_model(hf_config, config).to(device=device, dtype=dtype).eval()
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:  # norm weights
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+    return model
+
+
+def build_hf_model(hf_config, device: torch.device, dtype: torch.dtype):
+    from transformers import Qwen3ForCausalLM
+
+    hf_config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen3ForCausalLM(hf_config).eval()
+    finally:
+        torch.set_default_dtype(default)
+    return model
+
+
+def time_generate(engine, prompts, params) -> tuple[float, list]:
+    device = getattr(engine, "device", torch.device("cpu"))
+    _sync(device)
+    t = time.perf_counter()
+    out = engine.generate(prompts, params)
+    _sync(device)
+    return time.perf_counter() - t, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="a tiny Qwen3 shape (smoke run)")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--batches", default=None, help="comma list (default 16,64,256; tiny: 4,16)")
+    parser.add_argument("--hf-batches", default=None, help="batches for the hf engine (default: --batches)")
+    parser.add_argument("--prompt-len", type=int, default=None, help="default 1024 (tiny: 64)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="default 256 (tiny: 32)")
+    parser.add_argument("--no-eager", action="store_true", help="skip the megatron run without CUDA graphs")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+
+    from transformers import Qwen3Config
+
+    from megatron_grpo.generation.base import SamplingParams
+    from megatron_grpo.generation.hf import HFEngine
+    from megatron_grpo.generation.megatron_engine import MegatronEngine
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench/generation.py: --device cuda but CUDA is not available; use --device cpu", file=sys.stderr)
+        return 2
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    shape = TINY if args.tiny else QWEN3_4B
+    batches = [int(b) for b in (args.batches or ("4,16" if args.tiny else "16,64,256")).split(",")]
+    hf_batches = [int(b) for b in args.hf_batches.split(",")] if args.hf_batches else batches
+    prompt_len = args.prompt_len or (64 if args.tiny else 1024)
+    new_tokens = args.new_tokens or (32 if args.tiny else 256)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+    results: list[dict] = []
+    info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype),
+            "shape": "tiny" if args.tiny else "qwen3-4b", "prompt_len": prompt_len, "new_tokens": new_tokens,
+            "torch": torch.__version__}
+    _emit({"info": info}, results)
+    hf_config = Qwen3Config(**shape)
+    params = SamplingParams(temperature=1.0, max_new_tokens=new_tokens, seed=0)
+    gen = torch.Generator().manual_seed(1)
+
+    def prompts_for(b: int) -> list[list[int]]:
+        ids = torch.randint(0, shape["vocab_size"] - 1000 if not args.tiny else shape["vocab_size"],
+                            (b, prompt_len), generator=gen)
+        return ids.tolist()
+
+    # ---------------------------------------------------------------- megatron engine
+    t = time.perf_counter()
+    model = build_megatron_model(hf_config, device, dtype)
+    _emit({"megatron_model_build_s": round(time.perf_counter() - t, 1)}, results)
+    megatron_tps: dict[int, float] = {}
+    modes = [("graphs", True)] if device.type == "cuda" else [("eager", False)]
+    if device.type == "cuda" and not args.no_eager:
+        modes.append(("eager", False))
+    for mode, graphs in modes:
+        engine = MegatronEngine(model=model, cuda_graphs=graphs)
+        for b in batches:
+            prompts = prompts_for(b)
+            try:
+                cold_s, _ = time_generate(engine, prompts, params)
+                warm_s, out = time_generate(engine, prompts, params)
+            except torch.OutOfMemoryError as exc:
+                _emit({"engine": "megatron", "mode": mode, "batch": b, "error": f"OOM: {exc}"[:200]}, results)
+                engine.sleep()
+                _free(device)
+                continue
+            n = sum(len(g.token_ids) for g in out)
+            stats = engine.last_stats
+            rec = {"engine": "megatron", "mode": mode, "batch": b, "new_tokens": n // b,
+                   "cold_s": round(cold_s, 3), "warm_s": round(warm_s, 3),
+                   "tokens_per_s": round(n / warm_s, 1), "cold_tokens_per_s": round(n / cold_s, 1),
+                   "prefill_s": round(stats["prefill_s"], 3),
+                   "decode_ms_per_step": round(1000 * stats["decode_s"] / max(1, stats["decode_steps"]), 3)}
+            if device.type == "cuda":
+                rec["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
+                torch.cuda.reset_peak_memory_stats()
+            _emit(rec, results)
+            if mode == modes[0][0]:
+                megatron_tps[b] = n / warm_s
+            engine.sleep()
+            _free(device)
+    del model, engine
+    _free(device)
+
+    # ---------------------------------------------------------------- hf engine
+    t = time.perf_counter()
+    hf_model = build_hf_model(hf_config, device, dtype)
+    _emit({"hf_model_build_s": round(time.perf_counter() - t, 1)}, results)
+    hf_engine = HFEngine(model=hf_model, device=device)
+    hf_engine.generate([p[:64] for p in prompts_for(2)], SamplingParams(temperature=1.0, max_new_tokens=4))
+    hf_tps: dict[int, float] = {}
+    for b in hf_batches:
+        prompts = prompts_for(b)
+        try:
+            wall, out = time_generate(hf_engine, prompts, params)
+        except torch.OutOfMemoryError as exc:
+            _emit({"engine": "hf", "batch": b, "error": f"OOM: {exc}"[:200]}, results)
+            _free(device)
+            continue
+        n = sum(len(g.token_ids) for g in out)
+        hf_tps[b] = n / wall
+        _emit({"engine": "hf", "batch": b, "new_tokens": n // b, "wall_s": round(wall, 3),
+               "tokens_per_s": round(n / wall, 1)}, results)
+        _free(device)
+
+    # ---------------------------------------------------------------- summary
+    for b in batches:
+        if b in megatron_tps and b in hf_tps:
+            _emit({"batch": b, "megatron_tokens_per_s": round(megatron_tps[b], 1),
+                   "hf_tokens_per_s": round(hf_tps[b], 1), "ratio": round(megatron_tps[b] / hf_tps[b], 2)},
+                  results)
+    out_path = args.out or (os.path.join(os.environ["OUT"], "generation_bench.json") if os.environ.get("OUT") else None)
+    if out_path:
+        with open(out_path, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The megatron generation engine against the policy it decodes with (real megatron-core on gloo).
+
+References are computed independently of the engine's KV cache: greedy decoding by repeated full
+forward passes of the policy's model on the unpadded prompt (argmax of the last position), and
+sampled-token logprobs by ``MegatronPolicy.logprobs`` on prompt + generation. Each distributed test
+is one launch running several checks (a launch costs several seconds).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from dist_utils import run_distributed
+
+from megatron_grpo.generation.megatron_engine import resolve_backend
+
+VOCAB = 96
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [20, 21, 22, 23], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50]]
+NEW = 8
+PAD = 1
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    from megatron_grpo.models.tiny import save_tiny_qwen3
+
+    return save_tiny_qwen3(str(tmp_path_factory.mktemp("tiny_qwen3_gen")), VOCAB, seed=5)
+
+
+def _policy(hf_dir: str, tp: int, pp: int = 1, sequence_parallel: bool = False):
+    from megatron_grpo.config import OptimizerConfig, PolicyConfig
+    from megatron_grpo.distributed import init_distributed
+    from megatron_grpo.policy import MegatronPolicy
+
+    layout = init_distributed(tp=tp, pp=pp, sequence_parallel=sequence_parallel)
+    cfg = PolicyConfig(
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, sequence_parallel=sequence_parallel,
+        precision="float32", train_micro_batch_size=1, logprob_batch_size=4, max_total_sequence_length=64,
+        optimizer=OptimizerConfig(lr=3e-2, min_lr=0.0, weight_decay=0.0, clip_grad=1.0),
+    )
+    return MegatronPolicy(cfg, layout, hf_dir, temperature=1.0)
+
+
+def _full_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
+    """Last-position logits [vocab] of one unpadded sequence: the model's plain forward, no cache."""
+    from megatron.core import tensor_parallel
+
+    x = torch.tensor([ids], dtype=torch.long)
+    logits = model(x, torch.arange(len(ids))[None, :], None)  # [1, s, vocab / tp]
+    return tensor_parallel.gather_from_tensor_model_parallel_region(logits)[0, -1].float()
+
+
+def _argmax_reference(model: torch.nn.Module, prompt: list[int], steps: int) -> tuple[list[int], list[float]]:
+    seq, toks, lps = list(prompt), [], []
+    for _ in range(steps):
+        logits = _full_logits(model, seq)
+        t = int(logits.argmax())
+        toks.append(t)
+        lps.append(float(torch.log_softmax(logits, -1)[t]))
+        seq.append(t)
+    return toks, lps
+
+
+def _policy_logprobs(policy, prompts: list[list[int]], gens: list[list[int]]) -> list[list[float]]:
+    """policy.logprobs of every generated token given its prompt and the earlier generated tokens."""
+    seqs = [p + g for p, g in zip(prompts, gens)]
+    s = max(len(q) for q in seqs)
+    ids = torch.full((len(seqs), s), PAD, dtype=torch.long)
+    for i, q in enumerate(seqs):
+        ids[i, : len(q)] = torch.tensor(q)
+    lp = policy.logprobs(ids, torch.tensor([len(q) for q in seqs]))
+    return [lp[i, len(p) : len(p) + len(g)].tolist() for i, (p, g) in enumerate(zip(prompts, gens))]
+
+
+def _max_err(a: list[list[float]], b: list[list[float]]) -> float:
+    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb, strict=True))
+
+
+def _check_engine(hf_dir: str, tp: int, sequence_parallel: bool, full: bool) -> dict:
+    from megatron_grpo.generation import make_engine
+    from megatron_grpo.generation.base import SamplingParams
+
+    torch.manual_seed(0)
+    policy = _policy(hf_dir, tp, sequence_parallel=sequence_parallel)
+    engine = make_engine("megatron", policy=policy, pad_token_id=PAD, prefill_tokens=24)  # 2 prefill chunks
+    res: dict = {}
+
+    # greedy, batched prompts of different lengths == argmax of repeated full forwards, per prompt
+    greedy = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=NEW))
+    refs = [_argmax_reference(policy.model, p, NEW) for p in PROMPTS]
+    res["greedy"] = [g.token_ids for g in greedy]
+    res["greedy_ref"] = [r[0] for r in refs]
+    res["greedy_lp_err"] = _max_err([g.logprobs for g in greedy], [r[1] for r in refs])
+    res["greedy_reasons"] = [g.finish_reason for g in greedy]
+
+    # sampling with top-k/top-p: raw logprobs of the sampled ids == policy.logprobs on those ids
+    params = SamplingParams(temperature=0.9, top_p=0.9, top_k=20, max_new_tokens=NEW, seed=7)
+    sampled = engine.generate(PROMPTS, params)
+    res["sampled"] = [g.token_ids for g in sampled]
+    res["sampled_again"] = [g.token_ids for g in engine.generate(PROMPTS, params)]  # same seed: same ids
+    gens = [g.token_ids for g in sampled]
+    res["sampled_lp_err"] = _max_err([g.logprobs for g in sampled], _policy_logprobs(policy, PROMPTS, gens))
+    if not full:
+        return res
+
+    # stop ids and per-prompt budgets
+    stop_id = res["greedy"][0][2]
+    stop = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=NEW, stop_token_ids=(stop_id,)),
+                           max_new_tokens=[NEW, 3, NEW, 1])
+    res["stop"] = [(g.token_ids, g.finish_reason, g.stop_token_id) for g in stop]
+    res["stop_id"] = stop_id
+
+    # refit is a no-op: after an optimizer step the engine already samples from the new weights
+    before = engine.generate(PROMPTS, params)
+    seqs = [p + g.token_ids for p, g in zip(PROMPTS, before)]
+    s = max(len(q) for q in seqs)
+    ids = torch.full((len(seqs), s), PAD, dtype=torch.long)
+    mask = torch.zeros((len(seqs), s))
+    for i, (p, q) in enumerate(zip(PROMPTS, seqs)):
+        ids[i, : len(q)] = torch.tensor(q)
+        mask[i, len(p) : len(q)] = 1.0
+    batch = {"input_ids": ids, "lengths": torch.tensor([len(q) for q in seqs]), "mask": mask}
+
+    def loss_fn(logp, mb):
+        m = mb["mask"][:, : logp.shape[1]]
+        return -(logp * m).sum() / float(mask.sum()), {}
+
+    policy.train_step(batch, loss_fn)
+    engine.load_weights([])  # what the trainer calls after each step: nothing to copy
+    after = engine.generate(PROMPTS, params)
+    new_lp = _policy_logprobs(policy, PROMPTS, [g.token_ids for g in after])
+    res["refit_err"] = _max_err([g.logprobs for g in after], new_lp)
+    # the stepped weights made the earlier samples more likely: the engine must see that
+    res["lp_before"] = sum(sum(g.logprobs) for g in before)
+    res["lp_same_tokens_after"] = sum(sum(r) for r in _policy_logprobs(policy, PROMPTS, [g.token_ids for g in before]))
+
+    # sleep frees the cache; generate works again after wake
+    engine.sleep()
+    res["cache_after_sleep"] = engine._cache is None
+    engine.wake()
+    res["greedy_after_wake"] = [g.token_ids for g in engine.generate(PROMPTS[:2], SamplingParams(temperature=0.0,
+                                                                                                max_new_tokens=2))]
+    res["greedy_after_wake_ref"] = [_argmax_reference(policy.model, p, 2)[0] for p in PROMPTS[:2]]
+    return res
+
+
+def _assert_engine_results(res: dict, full: bool) -> None:
+    assert res["greedy"] == res["greedy_ref"]
+    assert all(len(g) == NEW for g in res["greedy"]) and set(res["greedy_reasons"]) == {"length"}
+    assert res["greedy_lp_err"] < 1e-4
+    assert res["sampled"] == res["sampled_again"]
+    assert res["sampled"] != res["greedy"]  # it really sampled
+    assert res["sampled_lp_err"] < 1e-4
+    if not full:
+        return
+    stop_id = res["stop_id"]
+    for (toks, reason, sid), greedy, budget in zip(res["stop"], res["greedy"], [NEW, 3, NEW, 1]):
+        prefix = greedy[:budget]
+        if stop_id in prefix:
+            cut = prefix.index(stop_id) + 1
+            assert (toks, reason, sid) == (prefix[:cut], "stop", stop_id)
+        else:
+            assert (toks, reason, sid) == (prefix, "length", None)
+    assert res["stop"][0][1] == "stop"  # the stop id is the 3rd greedy token of prompt 0
+    assert res["refit_err"] < 1e-4
+    assert res["lp_same_tokens_after"] > res["lp_before"] + 1.0
+    assert res["cache_after_sleep"]
+    assert res["greedy_after_wake"] == res["greedy_after_wake_ref"]
+
+
+def test_engine_tp1(hf_dir):
+    (res,) = run_distributed(_check_engine, 1, hf_dir, 1, False, True)
+    _assert_engine_results(res, full=True)
+
+
+def test_engine_tp2_sequence_parallel(hf_dir):
+    res = run_distributed(_check_engine, 2, hf_dir, 2, True, True)
+    assert res[0] == res[1]  # every TP rank returns the same generations
+    _assert_engine_results(res[0], full=True)
+
+
+def _check_pp2_error(hf_dir: str) -> str:
+    from megatron_grpo.generation.megatron_engine import MegatronEngine
+
+    policy = _policy(hf_dir, tp=1, pp=2)
+    try:
+        MegatronEngine(policy=policy)
+    except ValueError as exc:
+        return str(exc)
+    return "no error"
+
+
+def test_engine_rejects_pipeline_parallel(hf_dir):
+    messages = run_distributed(_check_pp2_error, 2, hf_dir)
+    assert all("pipeline_model_parallel_size=1" in m for m in messages), messages
+
+
+def test_resolve_backend():
+    assert resolve_backend("auto", has_cuda=True, has_vllm=True)[0] == "vllm"
+    name, why = resolve_backend("auto", has_cuda=True, has_vllm=False)
+    assert name == "megatron" and "vllm" in why
+    assert resolve_backend("auto", has_cuda=False, has_vllm=True)[0] == "hf"
+    assert resolve_backend("auto", has_cuda=False, has_vllm=False)[0] == "hf"
+    for explicit in ("megatron", "hf"):
+        assert resolve_backend(explicit, has_cuda=False, has_vllm=False)[0] == explicit
+    assert resolve_backend("vllm", has_cuda=True, has_vllm=True)[0] == "vllm"
+    with pytest.raises(ValueError, match="vllm is not importable"):
+        resolve_backend("vllm", has_cuda=True, has_vllm=False)
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        resolve_backend("vllm", has_cuda=False, has_vllm=True)
+    with pytest.raises(ValueError, match="generation.backend must be one of"):
+        resolve_backend("sglang", has_cuda=True, has_vllm=True)
