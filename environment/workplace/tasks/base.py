@@ -1,0 +1,317 @@
+"""The template protocol, the read-only sandbox view templates query, and sample building.
+
+A template is a function ``draw(rng, sandbox) -> Draft | None`` plus its phrasings. ``draw`` picks
+parameters with the seeded ``rng`` and computes the ground truth by querying the sandbox *through the
+environment's own read tools* (searches, lookups, counts) exactly as an agent would; it never writes
+an answer by hand. It returns ``None`` when the drawn parameters make an unfair task (a tie, an
+ambiguous name, more writes than an agent can make in 6 steps); the generator then draws again.
+
+Ground-truth conventions (the verifier replays calls and compares tables, so these matter):
+- every argument value is a string (an int ``duration`` would score 0.0 against a string one);
+- additive writes (send/forward/reply, create_event/task, add_customer, create_plot) that touch the
+  same table appear in the order the query states; updates and deletes are order-free;
+- an empty list means "the condition is false, change nothing".
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+# The environment's fixed clock: Thursday 2023-11-30 23:59:00 (see prompt.SYSTEM_PROMPT).
+TODAY = date(2023, 11, 30)
+NOW = "2023-11-30 23:59:00"
+
+CATEGORIES = (
+    "email",
+    "calendar",
+    "analytics",
+    "project_management",
+    "customer_relationship_manager",
+    "multi_domain",
+)
+CATEGORY_PREFIX = "workplace_assistant_"
+ENVIRONMENT_NAME = "workplace_assistant"
+
+WRITE_TOOLS = (
+    "email_send_email",
+    "email_delete_email",
+    "email_forward_email",
+    "email_reply_email",
+    "calendar_create_event",
+    "calendar_delete_event",
+    "calendar_update_event",
+    "analytics_create_plot",
+    "project_management_create_task",
+    "project_management_delete_task",
+    "project_management_update_task",
+    "customer_relationship_manager_update_customer",
+    "customer_relationship_manager_add_customer",
+    "customer_relationship_manager_delete_customer",
+)
+
+# Most writes one task may ask for: the agent has 6 model steps and needs at least one to look things up.
+MAX_WRITES = 5
+
+
+@dataclass(frozen=True)
+class Draft:
+    """One drawn task before rendering: placeholder values for the phrasing and the ground-truth calls."""
+
+    params: dict[str, str]
+    calls: list[tuple[str, dict[str, str]]]
+
+
+@dataclass(frozen=True)
+class Template:
+    """A task family: ``draw`` computes a Draft from the sandbox; ``phrasings`` render its query.
+
+    ``writes`` names every write tool the template can emit (checked against what it emits);
+    ``conditional`` marks templates whose answer can be "do nothing"; ``domains`` are the toolkits an
+    agent must use to solve it (reads included), reported as the task's difficulty.
+    """
+
+    name: str
+    category: str
+    domains: tuple[str, ...]
+    phrasings: tuple[str, ...]
+    writes: tuple[str, ...]
+    draw: Callable[[random.Random, Sandbox], Draft | None]
+    conditional: bool = False
+
+
+def template(
+    category: str,
+    phrasings: Sequence[str],
+    writes: Sequence[str],
+    domains: Sequence[str] | None = None,
+    conditional: bool = False,
+) -> Callable[[Callable[[random.Random, Sandbox], Draft | None]], Template]:
+    """Decorator turning a ``draw`` function into a Template named ``<category>.<function name>``."""
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown template category {category!r}; expected one of {CATEGORIES}")
+    unknown = [w for w in writes if w not in WRITE_TOOLS]
+    if unknown:
+        raise ValueError(f"template category {category!r}: unknown write tools {unknown}")
+
+    def wrap(fn: Callable[[random.Random, Sandbox], Draft | None]) -> Template:
+        return Template(
+            name=f"{category}.{fn.__name__}",
+            category=category,
+            domains=tuple(domains or (category,)),
+            phrasings=tuple(phrasings),
+            writes=tuple(writes),
+            draw=fn,
+            conditional=conditional,
+        )
+
+    return wrap
+
+
+def collect_templates(namespace: dict[str, Any]) -> tuple[Template, ...]:
+    """The Templates defined in a module namespace, in definition order."""
+    return tuple(v for v in namespace.values() if isinstance(v, Template))
+
+
+class Sandbox:
+    """Read-only view of the initial databases, queried through the environment's own tools.
+
+    ``reader(name, arguments) -> output`` runs one tool and returns its raw Python result
+    (``environment.workplace.Episode.call``); ``from_data_dir`` builds one on a fresh episode and
+    ``from_env`` adapts anything with ``call(name, arguments) -> '{"output": ...}'`` (WorkplaceEnv).
+    Reads are memoized: the initial state never changes during generation (write tools are refused
+    here), so equal calls give equal results. Returned values are shared and must not be mutated.
+    """
+
+    def __init__(self, reader: Callable[[str, dict], Any]):
+        self._reader = reader
+        self._cache: dict[str, Any] = {}
+
+    @classmethod
+    def from_data_dir(cls, data_dir: str | None = None) -> Sandbox:
+        from environment.workplace import Episode, default_data_dir, load_base_tables
+
+        return cls(Episode(load_base_tables(str(data_dir or default_data_dir()))).call)
+
+    @classmethod
+    def from_env(cls, env: Any) -> Sandbox:
+        return cls(lambda name, arguments: json.loads(env.call(name, arguments))["output"])
+
+    def read(self, tool: str, /, **arguments: Any) -> Any:
+        if tool in WRITE_TOOLS:
+            raise ValueError(f"Sandbox.read: {tool} is a write tool; templates only read the sandbox")
+        key = tool + json.dumps(arguments, sort_keys=True)
+        if key not in self._cache:
+            output = self._reader(tool, arguments)
+            if isinstance(output, str) and output.startswith("Error"):
+                raise RuntimeError(f"Sandbox.read: {tool}({arguments}) failed: {output}")
+            self._cache[key] = output
+        return self._cache[key]
+
+    # ---- company directory -------------------------------------------------------------------------
+    def people(self) -> list[str]:
+        """All 20 company addresses (first.last@atlas.com), sorted."""
+        return sorted(self.read("company_directory_find_email_address", name="@"))
+
+    def email_of(self, first_name: str) -> str | None:
+        """The unique address for a first name, or None when the directory match is not unique."""
+        found = self.read("company_directory_find_email_address", name=first_name)
+        return found[0] if isinstance(found, list) and len(found) == 1 else None
+
+    # ---- email -------------------------------------------------------------------------------------
+    def emails(self, query: str = "", date_min: str | None = None, date_max: str | None = None) -> list[dict]:
+        """Emails matching ``query`` sent between the dates (inclusive), newest first (the tool's order).
+
+        One search per query (all pages); the date window is applied to its result, which is what the
+        tool's own date_min/date_max do, so the set of distinct tool calls stays small and cacheable.
+        """
+        out = self.read("email_search_emails", query=query, page=1, page_size=100_000)
+        rows = out["emails"] if isinstance(out, dict) else []
+        return [
+            e
+            for e in rows
+            if (date_min is None or e["sent_datetime"][:10] >= date_min)
+            and (date_max is None or e["sent_datetime"][:10] <= date_max)
+        ]
+
+    # ---- calendar ----------------------------------------------------------------------------------
+    def events(self, query: str = "", time_min: str | None = None, time_max: str | None = None) -> list[dict]:
+        """Events matching ``query`` starting in [time_min, time_max], earliest first.
+
+        Like ``emails``: one search per query, the start-time window (the tool filters on the start too)
+        applied to its result; times are "YYYY-MM-DD HH:MM:SS" strings, so string order is time order.
+        """
+        out = self.read("calendar_search_events", query=query, page=1, page_size=100_000)
+        rows = out["events"] if isinstance(out, dict) else []
+        chosen = [
+            e
+            for e in rows
+            if (time_min is None or e["event_start"] >= time_min) and (time_max is None or e["event_start"] <= time_max)
+        ]
+        return sorted(chosen, key=lambda e: (e["event_start"], e["event_id"]))
+
+    def events_on(self, day: str, query: str = "") -> list[dict]:
+        return self.events(query, f"{day} 00:00:00", f"{day} 23:59:59")
+
+    def first_free_slot(self, day: str, minutes: int) -> str | None:
+        """Earliest start on ``day`` (on the half hour, 9:00 to 18:00) free for ``minutes`` minutes."""
+        busy = []
+        for e in self.events_on(day):
+            start = datetime.strptime(e["event_start"], "%Y-%m-%d %H:%M:%S")
+            busy.append((start, start + timedelta(minutes=int(e["duration"]))))
+        slot = datetime.strptime(f"{day} 09:00:00", "%Y-%m-%d %H:%M:%S")
+        close = slot.replace(hour=18)
+        while slot + timedelta(minutes=minutes) <= close:
+            end = slot + timedelta(minutes=minutes)
+            if all(end <= b0 or slot >= b1 for b0, b1 in busy):
+                return slot.strftime("%Y-%m-%d %H:%M:%S")
+            slot += timedelta(minutes=30)
+        return None
+
+    # ---- project management ------------------------------------------------------------------------
+    def tasks(self, **filters: str) -> list[dict]:
+        out = self.read("project_management_search_tasks", **filters)
+        return sorted(out, key=lambda t: t["task_id"]) if isinstance(out, list) else []
+
+    def all_tasks(self) -> list[dict]:
+        rows = [t for board in BOARDS for t in self.tasks(board=board)]
+        return sorted({t["task_id"]: t for t in rows}.values(), key=lambda t: t["task_id"])
+
+    def assignees(self) -> list[str]:
+        """The PM team (the only addresses create_task accepts), sorted."""
+        return sorted({t["assigned_to_email"] for t in self.all_tasks()})
+
+    # ---- CRM ---------------------------------------------------------------------------------------
+    def customers(self, **filters: str) -> list[dict]:
+        out = self.read("customer_relationship_manager_search_customers", page=1, page_size=1000, **filters)
+        rows = out["customers"] if isinstance(out, dict) else []
+        return sorted(rows, key=lambda c: c["customer_id"])
+
+    def all_customers(self) -> list[dict]:
+        rows = [c for s in STATUSES for c in self.customers(status=s)]
+        return sorted({c["customer_id"]: c for c in rows}.values(), key=lambda c: c["customer_id"])
+
+    def reps(self) -> list[str]:
+        return sorted({c["assigned_to_email"] for c in self.all_customers()})
+
+    # ---- analytics ---------------------------------------------------------------------------------
+    def daily(self, metric: str, time_min: str, time_max: str) -> dict[str, float]:
+        """Per-day values of a plottable metric over [time_min, time_max] (YYYY-MM-DD), from the analytics tools.
+
+        Each tool is asked once for the whole history; the window is cut from that answer.
+        """
+        span = {"time_min": "2000-01-01", "time_max": iso(TODAY)}
+        if metric == "total_visits":
+            out = self.read("analytics_total_visits_count", **span)
+        elif metric == "user_engaged":
+            out = self.read("analytics_engaged_users_count", **span)
+        elif metric == "session_duration_seconds":
+            out = self.read("analytics_get_average_session_duration", **span)
+        elif metric.startswith("visits_"):
+            source = metric[len("visits_") :].replace("_", " ")
+            out = self.read("analytics_traffic_source_count", traffic_source=source, **span)
+        else:
+            raise ValueError(f"Sandbox.daily: unknown metric {metric!r}")
+        out = out if isinstance(out, dict) else {}
+        return {day: value for day, value in out.items() if time_min <= day <= time_max}
+
+
+BOARDS = ("Back end", "Front end", "Design")
+LISTS = ("Backlog", "In Progress", "In Review", "Completed")
+STATUSES = ("Qualified", "Won", "Lost", "Lead", "Proposal")
+PRODUCTS = ("Software", "Hardware", "Services", "Consulting", "Training")
+
+
+# ---- natural-language helpers ----------------------------------------------------------------------
+def iso(d: date) -> str:
+    return d.isoformat()
+
+
+def parse_day(s: str) -> date:
+    return date.fromisoformat(s[:10])
+
+
+def nl_date(d: date | str) -> str:
+    """'2023-11-21' -> 'November 21'."""
+    d = parse_day(d) if isinstance(d, str) else d
+    return f"{d.strftime('%B')} {d.day}"
+
+
+def nl_time(hhmm: str) -> str:
+    """'15:30:00' -> '3:30 pm', '09:00' -> '9 am'."""
+    h, m = int(hhmm[:2]), int(hhmm[3:5])
+    suffix = "am" if h < 12 else "pm"
+    h12 = h if 1 <= h <= 12 else (12 if h == 0 else h - 12)
+    return f"{h12}:{m:02d} {suffix}" if m else f"{h12} {suffix}"
+
+
+def nl_minutes(minutes: int) -> str:
+    """90 -> '1.5 hour' style phrases, chosen to be unambiguous."""
+    return {30: "30-minute", 60: "1-hour", 90: "90-minute", 120: "2-hour"}.get(minutes, f"{minutes}-minute")
+
+
+def first_name(address: str) -> str:
+    return address.split(".")[0].split("@")[0]
+
+
+def display_name(address: str) -> str:
+    return first_name(address).capitalize()
+
+
+def call(name: str, **arguments: str) -> tuple[str, dict[str, str]]:
+    """One ground-truth call; every value must already be a string."""
+    for key, value in arguments.items():
+        if not isinstance(value, str):
+            raise TypeError(f"ground-truth call {name}: argument {key}={value!r} is not a string")
+    return (name, arguments)
+
+
+def pick(rng: random.Random, items: Sequence[Any]) -> Any:
+    """rng.choice over a sequence that must not be empty (clear error instead of IndexError)."""
+    if not items:
+        raise ValueError("pick: nothing to choose from")
+    return items[rng.randrange(len(items))]
