@@ -21,6 +21,7 @@ from environment.workplace import sandbox_fetch
 from megatron_grpo.data import download, prepare
 from megatron_grpo.data.samples import SampleError, load_samples
 from megatron_grpo.data.split import stratified_split
+from megatron_grpo.data.workbench import tool_schemas
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -358,5 +359,5 @@ def test_arrow_nulls_and_key_order_are_undone():
         props = tool["parameters"]["properties"]
         tool["parameters"]["properties"] = {k: props.get(k) for k in union}  # null-filled, sorted keys
     mangled["ground_truth"] = json.dumps(mangled["ground_truth"])
-    restored = download._from_arrow(mangled)
+    restored = download._from_arrow(mangled, {t["name"]: t for t in tool_schemas()})
     assert json.dumps(restored) == json.dumps(row)

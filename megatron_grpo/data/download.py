@@ -47,24 +47,27 @@ def load_hf_tasks(name: str = HF_DATASET, split: str = HF_SPLIT) -> list[dict]:
         import datasets
 
         dataset = datasets.load_dataset(name, split=split)
-    except Exception as e:  # noqa: BLE001 - any hub/cache failure gets the same advice
+    except Exception as e:  # any hub or cache failure gets the same advice
         raise DownloadError(
             f"could not load {name} (split {split!r}) from the Hugging Face hub: {type(e).__name__}: {e}\n"
             f"No hub access? Fetch the dataset's {split}.jsonl elsewhere and pass --source PATH "
             "(a JSONL in the sample format, or a WorkBench data/processed/queries_and_answers folder)."
         ) from e
-    return check_rows([_from_arrow(dict(row)) for row in dataset], source=f"hf:{name}[{split}]")
+    from megatron_grpo.data.workbench import tool_schemas
+
+    reference = {schema["name"]: schema for schema in tool_schemas()}
+    rows = [_from_arrow(dict(row), reference) for row in dataset]
+    return check_rows(rows, source=f"hf:{name}[{split}]")
 
 
-def _from_arrow(row: dict) -> dict:
+def _from_arrow(row: dict, reference: dict[str, dict]) -> dict:
     """Undo what Arrow does to a sample: a list of structs gets the union of their keys with absent ones
     null (every tool schema would gain the other tools' properties as null, in union order).
 
     Nulls are dropped, and a schema equal to one of ours up to key order is replaced by ours, so the
-    model sees properties in the reference order. A ``ground_truth`` stored as JSON text is decoded.
+    model sees properties in the reference order (``reference``: our schemas by name). A
+    ``ground_truth`` stored as JSON text is decoded.
     """
-    from megatron_grpo.data.workbench import tool_schemas
-
     row = _drop_nulls(row)
     if isinstance(row.get("ground_truth"), str):
         try:
@@ -73,7 +76,6 @@ def _from_arrow(row: dict) -> dict:
             pass  # reported by validation
     params = row.get("responses_create_params")
     if isinstance(params, dict) and isinstance(params.get("tools"), list):
-        reference = {schema["name"]: schema for schema in tool_schemas()}
         params["tools"] = [
             reference[t["name"]] if isinstance(t, dict) and reference.get(t.get("name")) == t else t
             for t in params["tools"]
@@ -92,9 +94,14 @@ def load_source(path: Path) -> list[dict]:
                 "data/processed/queries_and_answers); otherwise pass a JSONL file"
             )
         try:
-            return load_workbench(path)
+            samples = load_workbench(path)
         except WorkbenchError as e:
             raise DownloadError(f"--source {path}: {e}") from e
+        print(
+            "note: WorkBench's answers were computed on WorkBench's own sandbox (its data/ folder); "
+            "pass --sandbox <WorkBench>/data to train on it instead of NeMo-Gym's."
+        )
+        return samples
     if not path.is_file():
         raise DownloadError(f"--source {path}: no such file or folder")
     return load_samples(path)
