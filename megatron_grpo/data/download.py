@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = parser.add_argument_group("tasks")
     tasks.add_argument(
         "--source",
+        metavar="PATH",
         type=Path,
         default=None,
         help="a JSONL in the sample format or a WorkBench queries_and_answers folder "
@@ -167,35 +168,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tasks.add_argument(
         "--dataset",
+        metavar="NAME",
         default=HF_DATASET,
         help=f"Hugging Face dataset id or a local dataset folder (default {HF_DATASET})",
     )
-    tasks.add_argument("--hf-split", default=HF_SPLIT, help="which split of it to divide (default train)")
+    tasks.add_argument(
+        "--hf-split", metavar="SPLIT", default=HF_SPLIT, help="which split of it to divide (default train)"
+    )
     tasks.add_argument(
         "--out",
+        metavar="DIR",
         type=Path,
         default=None,
         help="folder for train.jsonl / validation.jsonl (default <cache>/workplace_assistant)",
     )
-    tasks.add_argument("--validation-fraction", type=float, default=0.1)
+    tasks.add_argument("--validation-fraction", metavar="F", type=float, default=0.1)
     tasks.add_argument("--seed", type=int, default=42, help="scikit-learn random_state of the split")
     tasks.add_argument("--no-tasks", action="store_true", help="only fetch the sandbox")
     sandbox = parser.add_argument_group("sandbox")
     sandbox.add_argument(
         "--sandbox",
+        metavar="PATH",
         type=Path,
         default=None,
         help="copy this local csv_data folder instead of fetching NeMo-Gym's",
     )
     sandbox.add_argument(
         "--wheel",
+        metavar="PATH",
         type=Path,
         default=None,
         help="take csv_data from this local nemo-gym wheel instead of downloading it",
     )
-    sandbox.add_argument("--wheel-url", default=None, help="download the pinned wheel from this URL (a mirror)")
+    sandbox.add_argument(
+        "--wheel-url", metavar="URL", default=None, help="download the pinned wheel from this URL (a mirror)"
+    )
     sandbox.add_argument(
         "--sandbox-dest",
+        metavar="DIR",
         type=Path,
         default=None,
         help="where to put csv_data (default <cache>/workplace_assistant/csv_data)",

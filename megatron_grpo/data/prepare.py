@@ -77,14 +77,10 @@ def compute_metrics(samples: list[dict]) -> dict:
         "categories": dict(sorted(categories.items())),
         "environment_names": dict(sorted(Counter(s["environment_name"] for s in samples).items())),
         "tools_per_task": _stats([len(p["tools"]) for p in params]),
-        "ground_truth_distinct_tools_per_task": _stats(
-            [len({c["name"] for c in s["ground_truth"]}) for s in samples]
-        ),
+        "ground_truth_distinct_tools_per_task": _stats([len({c["name"] for c in s["ground_truth"]}) for s in samples]),
         "ground_truth_length": _length_summary(samples),
         "empty_ground_truth": sum(1 for s in samples if not s["ground_truth"]),
-        "ground_truth_tool_calls": dict(
-            sorted(Counter(c["name"] for s in samples for c in s["ground_truth"]).items())
-        ),
+        "ground_truth_tool_calls": dict(sorted(Counter(c["name"] for s in samples for c in s["ground_truth"]).items())),
         "user_turns": _stats([sum(1 for m in p["input"] if m.get("role") == "user") for p in params]),
         "temperature": _stats([p["temperature"] for p in params if "temperature" in p]),
         "json_words": _stats([len(json.dumps(s).split()) for s in samples]),
@@ -140,15 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--data",
+        metavar="PATH",
         type=Path,
         action="append",
         default=None,
         help="a sample JSONL (repeat for several; default: the downloaded train + validation)",
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help="write prepared files here instead of in place"
+        "--out", metavar="DIR", type=Path, default=None, help="write prepared files here instead of in place"
     )
-    parser.add_argument("--agent-name", default=AGENT_NAME, help=f"agent_ref name (default {AGENT_NAME})")
+    parser.add_argument(
+        "--agent-name", metavar="NAME", default=AGENT_NAME, help=f"agent_ref name (default {AGENT_NAME})"
+    )
     parser.add_argument("--check", action="store_true", help="validate only; write nothing")
     return parser
 
