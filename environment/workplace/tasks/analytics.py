@@ -262,7 +262,7 @@ def line_if_growth(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "If we had more than {threshold} {metric_text} in total between {start} and {end}, make a bar chart of "
         "{metric_text} for that period",
-        "Check the total {metric_text} from {start} to {end}; if it's above {threshold}, plot it as a bar chart.",
+        "Add up {metric_text} from {start} to {end}; if the sum is above {threshold}, plot it as a bar chart.",
     ),
     writes=("analytics_create_plot",),
     conditional=True,
@@ -309,8 +309,8 @@ def plot_month(rng: random.Random, sb: Sandbox) -> Draft | None:
     "analytics",
     (
         "If we had more {metric_text} in {later} than in {earlier}, make a {kind_text} of {metric_text} for {later}",
-        "Compare total {metric_text} in {earlier} and {later}. If {later} was higher, plot {later}'s {metric_text} "
-        "as a {kind_text}.",
+        "Compare {metric_text} summed over {earlier} with the sum over {later}. If {later} was higher, plot "
+        "{later}'s {metric_text} as a {kind_text}.",
     ),
     writes=("analytics_create_plot",),
     conditional=True,

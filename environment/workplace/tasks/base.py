@@ -302,6 +302,18 @@ def display_name(address: str) -> str:
     return first_name(address).capitalize()
 
 
+def earliest(events: list[dict]) -> dict | None:
+    """The first of start-sorted events, or None when there is none or two share the first start time."""
+    if not events or (len(events) > 1 and events[1]["event_start"] == events[0]["event_start"]):
+        return None
+    return events[0]
+
+
+def latest(events: list[dict]) -> dict | None:
+    """The last of start-sorted events, or None when there is none or two share the last start time."""
+    return earliest(events[::-1])
+
+
 def call(name: str, **arguments: str) -> tuple[str, dict[str, str]]:
     """One ground-truth call; every value must already be a string."""
     for key, value in arguments.items():

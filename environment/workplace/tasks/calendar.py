@@ -15,7 +15,9 @@ from environment.workplace.tasks.base import (
     call,
     collect_templates,
     display_name,
+    earliest,
     iso,
+    latest,
     nl_date,
     nl_minutes,
     nl_time,
@@ -64,7 +66,9 @@ def _unique_on_day(sb: Sandbox, rng: random.Random) -> dict | None:
 )
 def cancel_first_on_day(rng: random.Random, sb: Sandbox) -> Draft | None:
     day = pick(rng, _days_with_events(sb))
-    first = sb.events_on(day)[0]
+    first = earliest(sb.events_on(day))
+    if first is None:
+        return None
     return Draft({"date": nl_date(day)}, [call("calendar_delete_event", event_id=first["event_id"])])
 
 
@@ -79,9 +83,9 @@ def cancel_first_on_day(rng: random.Random, sb: Sandbox) -> Draft | None:
 )
 def rename_last_on_day(rng: random.Random, sb: Sandbox) -> Draft | None:
     day = pick(rng, _days_with_events(sb))
-    last = sb.events_on(day)[-1]
+    last = latest(sb.events_on(day))
     new_name = pick(rng, vocab.EVENT_NAMES)
-    if new_name.lower() == last["event_name"].lower():
+    if last is None or new_name.lower() == last["event_name"].lower():
         return None
     return Draft(
         {"date": nl_date(day), "new_name": new_name},
@@ -101,7 +105,9 @@ def rename_last_on_day(rng: random.Random, sb: Sandbox) -> Draft | None:
 def push_back_first_with(rng: random.Random, sb: Sandbox) -> Draft | None:
     event = pick(rng, _future_events(sb))
     person, day = event["participant_email"], event["event_start"][:10]
-    first = sb.events_on(day, query=person)[0]
+    first = earliest(sb.events_on(day, query=person))
+    if first is None:
+        return None
     delay = pick(rng, DURATIONS)
     new_start = datetime.strptime(first["event_start"], FMT) + timedelta(minutes=delay)
     if not _fits_day(new_start, int(first["duration"])):
@@ -120,10 +126,10 @@ def push_back_first_with(rng: random.Random, sb: Sandbox) -> Draft | None:
     )
 
 
-def _next_named(rng: random.Random, sb: Sandbox) -> tuple[str, dict]:
+def _next_named(rng: random.Random, sb: Sandbox) -> tuple[str, dict | None]:
     name = pick(rng, sorted({e["event_name"] for e in _future_events(sb)}))
     upcoming = [e for e in sb.events(name, time_min=NOW) if e["event_name"] == name]
-    return name, upcoming[0]
+    return name, earliest(upcoming)
 
 
 @template(
@@ -137,6 +143,8 @@ def _next_named(rng: random.Random, sb: Sandbox) -> tuple[str, dict]:
 )
 def cancel_next_named(rng: random.Random, sb: Sandbox) -> Draft | None:
     name, event = _next_named(rng, sb)
+    if event is None:
+        return None
     return Draft({"event": name}, [call("calendar_delete_event", event_id=event["event_id"])])
 
 
@@ -152,7 +160,7 @@ def cancel_next_named(rng: random.Random, sb: Sandbox) -> Draft | None:
 def rename_next_named(rng: random.Random, sb: Sandbox) -> Draft | None:
     name, event = _next_named(rng, sb)
     new_name = pick(rng, vocab.EVENT_NAMES)
-    if new_name.lower() == name.lower():
+    if event is None or new_name.lower() == name.lower():
         return None
     return Draft(
         {"event": name, "new_name": new_name},
@@ -171,8 +179,10 @@ def rename_next_named(rng: random.Random, sb: Sandbox) -> Draft | None:
 )
 def cancel_next_with(rng: random.Random, sb: Sandbox) -> Draft | None:
     person = pick(rng, sorted({e["participant_email"] for e in _future_events(sb)}))
-    upcoming = sb.events(person, time_min=NOW)
-    return Draft({"name": display_name(person)}, [call("calendar_delete_event", event_id=upcoming[0]["event_id"])])
+    upcoming = earliest(sb.events(person, time_min=NOW))
+    if upcoming is None:
+        return None
+    return Draft({"name": display_name(person)}, [call("calendar_delete_event", event_id=upcoming["event_id"])])
 
 
 @template(
@@ -226,7 +236,7 @@ def cancel_all_future_with(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Create a {duration} event called {event} on {date} at {time} with {name}",
         "Schedule a {duration} meeting with {name} named '{event}' on {date} at {time}",
-        "Book '{event}' with {name} on {date} at {time}; make it {duration}.",
+        "Book '{event}' with {name} on {date} at {time}; make it {minutes} minutes long.",
         "Please put a {duration} '{event}' meeting with {name} on my calendar for {date} at {time}.",
     ),
     writes=("calendar_create_event",),
@@ -244,6 +254,7 @@ def create_event(rng: random.Random, sb: Sandbox) -> Draft | None:
     return Draft(
         {
             "duration": duration,
+            "minutes": str(minutes),
             "event": name,
             "date": nl_date(day),
             "time": nl_time(start.strftime("%H:%M")),
@@ -264,10 +275,10 @@ def create_event(rng: random.Random, sb: Sandbox) -> Draft | None:
 @template(
     "calendar",
     (
-        "If I haven't met with {name} in the last {days} days, schedule a 30-minute meeting called 'catch-up' "
-        "with them at the earliest time I'm free on {when}",
-        "Have I had a meeting with {name} in the past {days} days? If not, book a half-hour 'catch-up' with "
-        "them at my first free slot on {when}.",
+        "If I haven't met with {name} since {since}, schedule a 30-minute meeting called 'catch-up' with them at "
+        "the earliest time I'm free {when}",
+        "Have I had a meeting with {name} between {since} and now? If not, book a half-hour 'catch-up' with "
+        "them at my first free slot {when}.",
     ),
     writes=("calendar_create_event",),
     conditional=True,
@@ -294,8 +305,8 @@ def catch_up_if_not_met(rng: random.Random, sb: Sandbox) -> Draft | None:
                 duration="30",
             )
         ]
-    when_text = "tomorrow" if when == TODAY + timedelta(days=1) else nl_date(when)
-    return Draft({"name": display_name(person), "days": str(days), "when": when_text}, calls)
+    when_text = "tomorrow" if when == TODAY + timedelta(days=1) else f"on {nl_date(when)}"
+    return Draft({"name": display_name(person), "since": nl_date(since), "when": when_text}, calls)
 
 
 @template(
@@ -387,7 +398,9 @@ def move_to_time(rng: random.Random, sb: Sandbox) -> Draft | None:
 )
 def extend_first_if_short(rng: random.Random, sb: Sandbox) -> Draft | None:
     day = pick(rng, _days_with_events(sb, iso(TODAY + timedelta(days=1))))
-    first = sb.events_on(day)[0]
+    first = earliest(sb.events_on(day))
+    if first is None:
+        return None
     limit = pick(rng, (60, 90, 120))
     calls = []
     if int(first["duration"]) < limit:

@@ -109,7 +109,7 @@ def add_lead(rng: random.Random, sb: Sandbox) -> Draft | None:
 @template(
     "customer_relationship_manager",
     (
-        "Add {customer} to the crm as {status_word}, assigned to {rep}, interested in {product}, email {email}",
+        "Add {customer} to the crm with status {status}, assigned to {rep}, interested in {product}, email {email}",
         "Create a CRM record for {customer}: status {status}, rep {rep}, product interest {product}, email {email}.",
     ),
     writes=("customer_relationship_manager_add_customer",),
@@ -122,7 +122,6 @@ def add_customer_details(rng: random.Random, sb: Sandbox) -> Draft | None:
     email = f"{name.lower().replace(' ', '.')}@{pick(rng, vocab.COMPANIES)}.com"
     params = {
         "customer": name,
-        "status_word": vocab.STATUS_WORDS[status],
         "status": status.lower(),
         "rep": display_name(rep),
         "product": product.lower(),

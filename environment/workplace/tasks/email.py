@@ -233,10 +233,10 @@ def delete_from_about(rng: random.Random, sb: Sandbox) -> Draft | None:
 @template(
     "email",
     (
-        "If {name} has emailed me since {date}, reply to their latest email with '{reply}'. "
-        "Otherwise send them an email titled '{subject}' saying '{body}'.",
+        "If {name} has emailed me since {date}, reply to their latest email with '{reply}' - otherwise send "
+        "them an email titled '{subject}' saying '{body}'",
         "Check whether {name} sent me anything on or after {date}. If so, reply to the newest one with "
-        "'{reply}'; if not, email them with the subject '{subject}' and the body '{body}'.",
+        "'{reply}'; if not, email them with the subject '{subject}' and the body '{body}'",
     ),
     writes=("email_reply_email", "email_send_email"),
 )

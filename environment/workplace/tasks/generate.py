@@ -260,19 +260,22 @@ def main(argv: list[str]) -> int:
     if args.n <= 0:
         parser.error(f"--n must be positive, got {args.n}")
 
+    tty = sys.stderr.isatty()
+    step = 500 if tty else max(1, args.n // 10)
+
     def show(done: int, total: int) -> None:
-        if done == total or done % 500 == 0:
-            print(f"\rgenerate-tasks: {done}/{total} tasks", end="", file=sys.stderr, flush=True)
+        if done == total or done % step == 0:
+            end = "" if tty and done < total else "\n"
+            print(f"\rgenerate-tasks: {done}/{total} tasks", end=end, file=sys.stderr, flush=True)
 
     try:
         tasks, report = generate_with_report(
             args.n, args.seed, args.data_dir, None, args.max_empty_share, progress=show
         )
         train, validation, held = split_tasks(tasks, args.validation_fraction, args.holdout_templates, args.seed)
-    except ValueError as e:
-        print(f"\ngenerate-tasks: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"generate-tasks: {e}", file=sys.stderr)
         return 2
-    print(file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     _write_jsonl(args.out / "train.jsonl", train)
     _write_jsonl(args.out / "validation.jsonl", validation)

@@ -16,6 +16,7 @@ from environment.workplace.tasks.base import (
     call,
     collect_templates,
     display_name,
+    earliest,
     iso,
     nl_date,
     nl_time,
@@ -161,7 +162,9 @@ def meeting_from_email(rng: random.Random, sb: Sandbox) -> Draft | None:
 def email_first_event_attendee(rng: random.Random, sb: Sandbox) -> Draft | None:
     days = sorted({e["event_start"][:10] for e in sb.events(time_min=NOW)})
     day = pick(rng, days)
-    first = sb.events_on(day)[0]
+    first = earliest(sb.events_on(day))
+    if first is None:
+        return None
     body = pick(
         rng,
         (
@@ -520,8 +523,8 @@ def reassign_to_meeting_attendee(rng: random.Random, sb: Sandbox) -> Draft | Non
         return None
     days = sorted({e["event_start"][:10] for e in sb.events(time_min=NOW)})
     day = pick(rng, days)
-    attendee = sb.events_on(day)[0]["participant_email"]
-    if attendee == customer["assigned_to_email"]:
+    first = earliest(sb.events_on(day))
+    if first is None or first["participant_email"] == customer["assigned_to_email"]:
         return None
     return Draft(
         {"customer": customer["customer_name"], "date": nl_date(day)},
@@ -530,7 +533,7 @@ def reassign_to_meeting_attendee(rng: random.Random, sb: Sandbox) -> Draft | Non
                 "customer_relationship_manager_update_customer",
                 customer_id=customer["customer_id"],
                 field="assigned_to_email",
-                new_value=attendee,
+                new_value=first["participant_email"],
             )
         ],
     )
@@ -548,11 +551,11 @@ def reassign_to_meeting_attendee(rng: random.Random, sb: Sandbox) -> Draft | Non
 )
 def cancel_meeting_if_in_review(rng: random.Random, sb: Sandbox) -> Draft | None:
     member = pick(rng, sb.assignees())
-    upcoming = sb.events(member, time_min=NOW)
-    if not upcoming:
+    upcoming = earliest(sb.events(member, time_min=NOW))
+    if upcoming is None:
         return None
     in_review = [t for t in sb.tasks(assigned_to_email=member) if t["list_name"] == "In Review"]
-    calls = [call("calendar_delete_event", event_id=upcoming[0]["event_id"])] if in_review else []
+    calls = [call("calendar_delete_event", event_id=upcoming["event_id"])] if in_review else []
     return Draft({"name": display_name(member)}, calls)
 
 

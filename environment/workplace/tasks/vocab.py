@@ -180,5 +180,5 @@ STATUS_WORDS = {
     "Won": "won",
     "Lost": "lost",
     "Lead": "a lead",
-    "Proposal": "proposal",
+    "Proposal": "in the proposal stage",
 }
