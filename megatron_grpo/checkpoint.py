@@ -185,7 +185,7 @@ def save_checkpoint(
         _write_json(tmp / "training_info.json", info)  # written last: marks the content complete
         _fsync_tree(tmp)
         _publish(tmp, final)
-        _apply_retention(root, keep_top_k, metric_name, higher_is_better)
+        apply_retention(root, keep_top_k, metric_name, higher_is_better)
     dist.barrier()
     log.info("saved checkpoint %s", final)
     return final
@@ -222,8 +222,12 @@ def _publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _apply_retention(root: Path, k: int | None, metric_name: str | None, higher_is_better: bool) -> None:
-    found = list_checkpoints(root)
+def apply_retention(
+    checkpoint_dir: str | os.PathLike, k: int | None, metric_name: str | None, higher_is_better: bool = True
+) -> list[int]:
+    """Delete the complete checkpoints that ``checkpoints_to_keep`` does not keep; return their steps.
+    The metric is ``training_info.json["metrics"][metric_name]``; no ``metric_name``: by recency."""
+    found = list_checkpoints(checkpoint_dir)
     entries = []
     for step, path in found:
         if metric_name:
@@ -232,10 +236,13 @@ def _apply_retention(root: Path, k: int | None, metric_name: str | None, higher_
         else:  # no metric: rank by recency
             entries.append((step, float(step)))
     keep = checkpoints_to_keep(entries, k, higher_is_better if metric_name else True)
+    removed = []
     for step, path in found:
         if step not in keep:
             log.info("removing checkpoint %s (retention: top-%s by %s + latest)", path, k, metric_name)
             shutil.rmtree(path, ignore_errors=True)
+            removed.append(step)
+    return removed
 
 
 def _write_json(path: Path, obj: Any) -> None:

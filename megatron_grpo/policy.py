@@ -383,6 +383,8 @@ class MegatronPolicy:
     def sharded_state_dict(self, *, is_loading: bool = False) -> dict[str, Any]:
         """Megatron dist-checkpointing state: model, optimizer (DistOpt as ``dp_reshardable``: resumable
         at the same TP/PP with any DP) and the LR scheduler. Model weights alone reshard to any TP/PP."""
+        if is_loading:
+            _ensure_optimizer_state(self.optimizer)
         model_sd = self.model.sharded_state_dict()
         metadata = {"distrib_optim_sharding_type": "dp_reshardable"}
         return {
@@ -398,6 +400,7 @@ class MegatronPolicy:
         self.model.load_state_dict(state["model"], strict=True)
         with torch.no_grad():  # fp32 + DistOpt: main params are views of leaf params
             self.optimizer.load_state_dict(state["optimizer"])
+        _restore_torch_adam_steps(self.optimizer)
         self.scheduler.load_state_dict(state["opt_param_scheduler"])
 
     def offload_optimizer(self) -> None:
@@ -513,10 +516,44 @@ def _reduce_metrics(results: list[dict[str, float]], device: torch.device | None
     return {k: float(v) for k, v in zip(keys, values.tolist())}
 
 
+def _ensure_optimizer_state(optimizer: Any) -> None:
+    """Give a never-stepped optimizer its (zero) Adam state so that megatron can describe it for
+    loading. megatron's own ``init_state_fn`` leaves out torch AdamW's per-param ``step`` (with
+    apex/TE the step lives in the param groups), which the distributed optimizer's state_dict needs."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if inner is None:
+            continue
+        init = getattr(opt, "init_state_fn", None)
+        if init is not None:
+            init(inner, opt.config)
+        if isinstance(inner, torch.optim.Optimizer) and type(inner).__module__.startswith("torch.optim"):
+            for group in inner.param_groups:
+                for p in group["params"]:
+                    inner.state[p].setdefault("step", torch.tensor(0.0))
+
+
+def _restore_torch_adam_steps(optimizer: Any) -> None:
+    """After a distributed-optimizer load with torch's AdamW (no apex/TE, e.g. on CPU): megatron
+    restores the Adam step count into the param groups but its bucket copy also overwrites the
+    per-param ``step`` the state was pre-filled with (``_ensure_optimizer_state``); put the
+    checkpoint's count back, or Adam's bias correction would restart."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or not type(inner).__module__.startswith("torch.optim"):
+            continue
+        for group in inner.param_groups:
+            if group.get("step") is None:
+                continue
+            for p in group["params"]:
+                if p in inner.state and "step" in inner.state[p]:
+                    inner.state[p]["step"] = torch.tensor(float(group["step"]))
+
+
 def _move_optimizer_state(optimizer: Any, device: torch.device, *, move_main_params: bool) -> None:
     """Move the optimizer-owned tensors: Adam moments, and with mixed precision the fp32 main params
     (in fp32 runs those alias the model's own weights and must stay)."""
-    for opt in getattr(optimizer, "chimera_optimizers", [optimizer]):
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
         inner = getattr(opt, "optimizer", None)
         if inner is None:
             continue
