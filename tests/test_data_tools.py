@@ -109,10 +109,13 @@ def test_download_skips_when_present_and_force_redoes(example_jsonl, tmp_path, c
     assert (out / "train.jsonl").read_bytes() == first  # same split again (random_state=42)
 
 
-def test_download_defaults_to_the_cache(example_jsonl, tmp_path, monkeypatch):
-    monkeypatch.setenv("MEGATRON_GRPO_CACHE", str(tmp_path / "cache"))
+def test_download_defaults_to_the_config_data_folder(example_jsonl, tmp_path, monkeypatch):
+    from megatron_grpo.config import DataConfig
+
+    monkeypatch.chdir(tmp_path)
     assert download.main(["--source", str(example_jsonl), "--no-sandbox"]) == 0
-    assert len(read_jsonl(tmp_path / "cache" / "workplace_assistant" / "validation.jsonl")) == 4
+    assert len(read_jsonl(tmp_path / DataConfig().validation_path)) == 4
+    assert (tmp_path / DataConfig().train_path).is_file()
 
 
 def test_download_bad_source_names_file_line_and_field(tmp_path, capsys):

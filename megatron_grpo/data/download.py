@@ -36,9 +36,9 @@ class DownloadError(RuntimeError):
 
 
 def default_tasks_dir() -> Path:
-    from environment.workplace.data_dir import cache_dir
-
-    return Path(cache_dir()) / "workplace_assistant"
+    """Where the task splits go: the folder the shipped configs read (``data.train_path``),
+    relative to the working directory (the repository root on a cluster)."""
+    return Path("data") / "workplace_assistant"
 
 
 def load_hf_tasks(name: str = HF_DATASET, split: str = HF_SPLIT) -> list[dict]:
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         type=Path,
         default=None,
-        help="folder for train.jsonl / validation.jsonl (default <cache>/workplace_assistant)",
+        help="folder for train.jsonl / validation.jsonl (default data/workplace_assistant, as the configs expect)",
     )
     tasks.add_argument("--validation-fraction", metavar="F", type=float, default=0.1)
     tasks.add_argument("--seed", type=int, default=42, help="scikit-learn random_state of the split")
