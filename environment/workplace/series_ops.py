@@ -39,8 +39,8 @@ def compare(values: list[Any], dtype: str, op: Any, other: Any) -> list[bool]:
             if op is operator.eq:
                 return [v == other for v in values]  # a missing cell (NaN) never equals a string
             if op is operator.ne:
-                return [is_missing(v) or v != other for v in values]
-            return [not is_missing(v) and op(v, other) for v in values]
+                return [v is MISSING or v != other for v in values]
+            return [v is not MISSING and op(v, other) for v in values]  # str columns hold MISSING
         if op is operator.eq:
             return [False] * len(values)
         if op is operator.ne:

@@ -11,6 +11,7 @@ the epoch, None is NaT, anything else is a TypeError.
 """
 
 import datetime as dt
+import functools
 import re
 from typing import Any
 
@@ -30,6 +31,8 @@ class _NaT:
         return True
 
     def _cmp(self, other: Any) -> bool:
+        if isinstance(other, dt.date) and not isinstance(other, dt.datetime):
+            raise TypeError("Cannot compare NaT with datetime.date object")
         return False
 
     __lt__ = __le__ = __gt__ = __ge__ = __eq__ = _cmp
@@ -58,12 +61,14 @@ class Stamp:
     def __init__(self, wall: dt.datetime, nanos: int = 0, offset: dt.timedelta | None = None):
         self.wall, self.nanos, self.offset = wall, nanos, offset
 
+    def _instant(self) -> tuple:
+        wall = self.wall if self.offset is None else self.wall - self.offset
+        return (wall.year, wall, self.nanos)
+
     def _key(self, other: "Stamp") -> tuple:
         if (self.offset is None) != (other.offset is None):
             raise TypeError("Cannot compare tz-naive and tz-aware timestamps")
-        if self.offset is None:
-            return (self.wall, self.nanos), (other.wall, other.nanos)
-        return (self.wall - self.offset, self.nanos), (other.wall - other.offset, other.nanos)
+        return self._instant(), other._instant()
 
     def __lt__(self, other: Any) -> bool:
         if other is NAT:
@@ -93,6 +98,27 @@ class Stamp:
         return self.wall.date()
 
 
+class _BeforeYearOne(Stamp):
+    """A Timestamp with a year <= 0 (pandas parses ISO strings such as "-1"); no Python date."""
+
+    __slots__ = ("ymd",)
+
+    def __init__(self, ymd: tuple[int, int, int]):
+        super().__init__(dt.datetime(1, 1, 1))
+        self.ymd = ymd
+
+    def _instant(self) -> tuple:
+        return (self.ymd[0], self.ymd)
+
+    def date(self) -> dt.date:
+        raise ValueError(
+            "date not yet supported on Timestamps which are outside the range of Python's standard library. "
+        )
+
+
+_NEGATIVE_YEAR = re.compile(r"-(\d{1,4})(?:-(\d{2})(?:-(\d{2}))?)?")
+
+
 def _from_nanos(value: int) -> Stamp:
     micros, nanos = divmod(value, 1000)
     return Stamp(_EPOCH + dt.timedelta(microseconds=micros), nanos)
@@ -109,45 +135,108 @@ def _parse_offset(text: str | None) -> dt.timedelta | None:
     return sign * dt.timedelta(hours=hours, minutes=minutes)
 
 
+@functools.lru_cache(maxsize=8192)
 def _parse_iso(text: str) -> Stamp | None:
+    """pandas' ISO 8601 fast path; None when it does not apply (pandas then falls back to dateutil)."""
     m = _ISO.fullmatch(text)
     if m is None:
         return None
     year, month, day, hour, minute, second, frac, tz = m.groups()
-    if not 1 <= int(month) <= 12:
-        raise ValueError(f"month must be in 1..12: {text}")
-    if hour is not None and int(hour) > 23:
-        raise ValueError(f"hour must be in 0..23: {text}")
-    if minute is not None and int(minute) > 59:
-        raise ValueError(f"minute must be in 0..59: {text}")
-    if second is not None and int(second) > 59:
-        raise ValueError(f"second must be in 0..59: {text}")
     try:
         clock = (int(hour or 0), int(minute or 0), int(second or 0))
         wall = dt.datetime(int(year), int(month), int(day), *clock)
     except ValueError:
-        raise ValueError(f"day is out of range for month: {text}") from None
+        return None
+    offset = _parse_offset(tz)
+    if offset is not None and abs(offset) >= dt.timedelta(hours=24):
+        raise ValueError(
+            f'Parsed string "{text}" gives an invalid tzoffset, which must be between '
+            "-timedelta(hours=24) and timedelta(hours=24)"
+        )
     frac = (frac or "").ljust(9, "0")
-    wall = wall.replace(microsecond=int(frac[:6]))
-    return Stamp(wall, int(frac[6:]), _parse_offset(tz))
+    return Stamp(wall.replace(microsecond=int(frac[:6])), int(frac[6:]), offset)
 
 
-def _parse_other(text: str) -> Stamp:
-    from dateutil import parser as dateutil_parser
-
-    if text.strip() == "":
-        raise ValueError(f"Unable to parse datetime string: {text}")
-    lowered = text.lower()
-    if lowered in ("now", "today"):
-        return Stamp(dt.datetime.now())
-    if re.fullmatch(r"\d+(\.\d+)?", text) and len(text) < 4:
-        raise ValueError(f'Given date string "{text}" not likely a datetime')
+def _looks_like_datetime(text: str) -> bool:
+    """pandas' ``does_string_look_like_datetime``: plain numbers below 1000 are not dates."""
+    if not text or text[0] == "0":
+        return True
+    if text in ("a", "A", "m", "M", "p", "P", "t", "T"):
+        return False
     try:
-        parsed = dateutil_parser.parse(text, default=dt.datetime(1, 1, 1))
-    except (ValueError, OverflowError):
-        raise ValueError(f"Unknown datetime string format, unable to parse: {text}") from None
-    offset = parsed.utcoffset()
-    return Stamp(parsed.replace(tzinfo=None), 0, offset)
+        number = float(text)
+    except ValueError:
+        return True
+    return number >= 1000
+
+
+def _looks_like_time(text: str) -> bool:
+    """pandas' ``does_string_look_like_time`` ("9:30", "10:15:00"): parsed on today's date."""
+    if len(text) < 4:
+        return False
+    if text[1] == ":":
+        hour, minute = text[0], text[2:4]
+    elif text[2] == ":":
+        hour, minute = text[0:2], text[3:5]
+    else:
+        return False
+    if not (hour.isascii() and hour.isdigit() and minute.isascii() and minute.isdigit()):
+        return False
+    return 0 <= int(hour) <= 23 and 0 <= int(minute) <= 59
+
+
+def _dateutil(text: str, default: dt.datetime) -> Stamp:
+    """pandas' ``dateutil_parse`` wrapper around dateutil's parser, with pandas' error texts."""
+    from dateutil import parser as dateutil_parser
+    from dateutil import relativedelta
+
+    try:
+        res, _ = dateutil_parser.DEFAULTPARSER._parse(text, dayfirst=False, yearfirst=False)
+    except (ValueError, OverflowError) as err:
+        raise ValueError(str(err)) from None
+    if res is None:
+        raise ValueError(f"Unknown datetime string format, unable to parse: {text}")
+    fields = ["year", "month", "day", "hour", "minute", "second", "microsecond"]
+    repl = {f: getattr(res, f) for f in fields if getattr(res, f) is not None}
+    if not repl:
+        raise ValueError(f"Unable to parse datetime string: {text}")
+    try:
+        value = default.replace(**repl)
+    except ValueError as err:
+        raise ValueError(f"{err}: {text}") from None
+    except OverflowError:
+        raise ValueError(f'Parsing "{text}" to datetime overflows') from None
+    if res.weekday is not None and not res.day:
+        value = value + relativedelta.relativedelta(weekday=res.weekday)
+    offset = None
+    if res.tzname and res.tzoffset is None and res.tzname not in ("UTC", "GMT", "Z", "z"):
+        raise ValueError(f'Parsed string "{text}" included an unrecognized timezone "{res.tzname}".')
+    if res.tzoffset is not None or res.tzname in ("UTC", "GMT", "Z", "z"):
+        offset = dt.timedelta(seconds=res.tzoffset or 0)
+        if abs(offset) >= dt.timedelta(hours=24):
+            raise ValueError(f"Offset {res.tzoffset} exceeds 24 hours")
+    return Stamp(value, 0, offset)
+
+
+def _parse_string(text: str) -> "Stamp | _NaT":
+    if text in _NAT_STRINGS:
+        return NAT
+    if text == "now" or text == "today":
+        return Stamp(dt.datetime.now())
+    stamp = _parse_iso(text)
+    if stamp is not None:
+        return stamp
+    negative = _NEGATIVE_YEAR.fullmatch(text)
+    if negative and 1 <= int(negative[2] or 1) <= 12 and 1 <= int(negative[3] or 1) <= 31:
+        return _BeforeYearOne((-int(negative[1]), int(negative[2] or 1), int(negative[3] or 1)))
+    if not _looks_like_datetime(text):
+        raise ValueError(f'Given date string "{text}" not likely a datetime')
+    if _looks_like_time(text):
+        return _dateutil(text, dt.datetime.now().replace(hour=0, minute=0, second=0, microsecond=0))
+    quarter = re.fullmatch(r"(\d{4})[Qq]([1-4])", text)
+    if quarter:
+        return Stamp(dt.datetime(int(quarter[1]), 3 * int(quarter[2]) - 2, 1))
+    return _dateutil(text, dt.datetime(1, 1, 1))
 
 
 def parse_timestamp(value: Any) -> Stamp | _NaT:
@@ -155,10 +244,7 @@ def parse_timestamp(value: Any) -> Stamp | _NaT:
     if value is None:
         return NAT
     if isinstance(value, str):
-        if value in _NAT_STRINGS:
-            return NAT
-        stamp = _parse_iso(value)
-        return stamp if stamp is not None else _parse_other(value)
+        return _parse_string(value)
     if isinstance(value, int) and not isinstance(value, bool):
         if value == -(2**63):
             return NAT
