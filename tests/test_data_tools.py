@@ -295,9 +295,9 @@ def test_prepare_data_metrics_and_agent_ref(tmp_path):
 
 
 def test_prepare_data_out_dir_and_defaults(tmp_path, monkeypatch, example_jsonl):
-    monkeypatch.setenv("MEGATRON_GRPO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
     assert download.main(["--source", str(example_jsonl), "--no-sandbox"]) == 0
-    tasks = tmp_path / "cache" / "workplace_assistant"
+    tasks = tmp_path / "data" / "workplace_assistant"
     original = (tasks / "train.jsonl").read_bytes()
     assert prepare.main(["--out", str(tmp_path / "prepared")]) == 0  # default --data: the downloaded splits
     assert (tasks / "train.jsonl").read_bytes() == original
