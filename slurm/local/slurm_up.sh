@@ -92,7 +92,7 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 # requeued jobs wait cred_expire+1 s before they are eligible again (default 120 s); keep tests fast
-AuthInfo=cred_expire=${SLURM_CRED_EXPIRE:-10}
+AuthInfo=cred_expire=${SLURM_CRED_EXPIRE:-5}
 StateSaveLocation=$D/state
 SlurmdSpoolDir=$D/spool
 SlurmctldPidFile=$D/slurmctld.pid
