@@ -6,7 +6,10 @@ Reads the sandbox CSVs in place from ../shared (NeMo-Gym's csv_data).
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -187,6 +190,23 @@ def test_cli_is_byte_identical_for_a_seed(tmp_path):
         assert (runs[0] / split).read_bytes() == (runs[1] / split).read_bytes()
         assert (runs[0] / split).read_bytes() != (runs[2] / split).read_bytes()
     assert main(["--n", "50", "--out", str(tmp_path / "d"), "--holdout-templates", "999", "--data-dir", DATA]) == 2
+
+
+def test_output_does_not_depend_on_the_hash_seed(tasks):
+    """Another interpreter with a different PYTHONHASHSEED draws the same tasks (no set-order leaks)."""
+    code = (
+        "import json, sys; from environment.workplace.tasks import generate_tasks; "
+        f"tasks = generate_tasks(300, seed=0, data_dir={DATA!r}); "
+        "rows = [[t['template'], t['seed'], t['responses_create_params']['input'], t['ground_truth']] for t in tasks]; "
+        "json.dump(rows, sys.stdout)"
+    )
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
+    mine = generate_tasks(300, seed=0, data_dir=DATA)
+    here = [[t["template"], t["seed"], t["responses_create_params"]["input"], t["ground_truth"]] for t in mine]
+    assert json.loads(out.stdout) == here
+    assert [_query(t) for t in tasks[:50]] != [_query(t) for t in generate_tasks(50, seed=1, data_dir=DATA)]
 
 
 def test_ten_thousand_tasks_in_under_thirty_seconds():

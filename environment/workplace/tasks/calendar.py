@@ -285,7 +285,7 @@ def create_event(rng: random.Random, sb: Sandbox) -> Draft | None:
 )
 def catch_up_if_not_met(rng: random.Random, sb: Sandbox) -> Draft | None:
     person = pick(rng, sb.people())
-    days = rng.randint(3, 30)
+    days = rng.randint(2, 14)
     since = iso(TODAY - timedelta(days=days))
     when = TODAY + timedelta(days=rng.randint(1, 7))
     if when.weekday() >= 5:

@@ -23,7 +23,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,7 @@ def generate_with_report(
     sandbox = Sandbox.from_env(env) if env is not None else Sandbox.from_data_dir(data_dir)
     tools = _tool_schemas()
     pool = list(templates_by_name(list(templates) if templates is not None else None))
+    n_templates = len(pool)
     rng = random.Random(seed)
     max_empty = math.floor(max_empty_share * n + 1e-9)
     seen: set[str] = set()
@@ -143,11 +144,13 @@ def generate_with_report(
         "max_empty_share": max_empty_share,
         "empty_ground_truth": n_empty,
         "empty_share": round(n_empty / len(tasks), 4) if tasks else 0.0,
+        "templates": n_templates,
         "rejected": dict(sorted(rejected.items())),
         "exhausted_templates": exhausted,
         "per_template": dict(sorted(Counter(t["template"] for t in tasks).items())),
         "per_category": _count(tasks, "category"),
-        "num_calls": {str(k): v for k, v in sorted(Counter(t["difficulty"]["num_calls"] for t in tasks).items())},
+        "num_calls": _histogram(t["difficulty"]["num_calls"] for t in tasks),
+        "num_domains": _histogram(len(t["difficulty"]["domains"]) for t in tasks),
         "elapsed_s": round(time.perf_counter() - started, 3),
     }
     return tasks, report
@@ -169,6 +172,10 @@ def generate_tasks(
     Every sample's ``tools`` is the same list object (the 27 schemas); copy before mutating it.
     """
     return generate_with_report(n, seed, data_dir, templates, max_empty_share, env)[0]
+
+
+def _histogram(values: Iterable[int]) -> dict[str, int]:
+    return {str(k): v for k, v in sorted(Counter(values).items())}
 
 
 def _count(tasks: list[dict], key: str) -> dict[str, int]:

@@ -193,7 +193,7 @@ def email_first_event_attendee(rng: random.Random, sb: Sandbox) -> Draft | None:
 )
 def meet_if_no_email(rng: random.Random, sb: Sandbox) -> Draft | None:
     person = pick(rng, sb.people())
-    since = iso(TODAY - timedelta(days=rng.randint(2, 20)))
+    since = iso(TODAY - timedelta(days=rng.randint(0, 3)))
     when = TODAY + timedelta(days=rng.randint(1, 14))
     if when.weekday() >= 5:
         return None
@@ -218,7 +218,7 @@ def meet_if_no_email(rng: random.Random, sb: Sandbox) -> Draft | None:
 )
 def email_if_not_met(rng: random.Random, sb: Sandbox) -> Draft | None:
     person = pick(rng, sb.people())
-    since = iso(TODAY - timedelta(days=rng.randint(2, 30)))
+    since = iso(TODAY - timedelta(days=rng.randint(2, 12)))
     met = sb.events(person, time_min=f"{since} 00:00:00", time_max=NOW)
     body = "We haven't caught up in a while - can you send some availability over next week?"
     calls = [] if met else [call("email_send_email", recipient=person, subject="Catch up soon?", body=body)]
