@@ -130,6 +130,13 @@ class Sandbox:
     def __init__(self, reader: Callable[[str, dict], Any]):
         self._reader = reader
         self._cache: dict[str, Any] = {}
+        self._derived: dict[str, Any] = {}
+
+    def _memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """Values derived from reads (vocabularies such as the people list), computed once."""
+        if key not in self._derived:
+            self._derived[key] = compute()
+        return self._derived[key]
 
     @classmethod
     def from_data_dir(cls, data_dir: str | None = None) -> Sandbox:
@@ -154,13 +161,20 @@ class Sandbox:
 
     # ---- company directory -------------------------------------------------------------------------
     def people(self) -> list[str]:
-        """All 20 company addresses (first.last@atlas.com), sorted."""
-        return sorted(self.read("company_directory_find_email_address", name="@"))
+        """The company addresses a query may name by first name, sorted.
 
-    def email_of(self, first_name: str) -> str | None:
-        """The unique address for a first name, or None when the directory match is not unique."""
-        found = self.read("company_directory_find_email_address", name=first_name)
-        return found[0] if isinstance(found, list) and len(found) == 1 else None
+        Only addresses whose first name finds exactly that address in the directory (so "Nadia" in a
+        query means one person); all 20 in the reference sandbox.
+        """
+
+        def unique() -> list[str]:
+            find = "company_directory_find_email_address"
+            return sorted(a for a in self.read(find, name="@") if self.read(find, name=first_name(a)) == [a])
+
+        return self._memo("people", unique)
+
+    def nameable(self, address: str) -> bool:
+        return address in self._memo("people_set", lambda: frozenset(self.people()))
 
     # ---- email -------------------------------------------------------------------------------------
     def emails(self, query: str = "", date_min: str | None = None, date_max: str | None = None) -> list[dict]:
@@ -218,12 +232,17 @@ class Sandbox:
         return sorted(out, key=lambda t: t["task_id"]) if isinstance(out, list) else []
 
     def all_tasks(self) -> list[dict]:
-        rows = [t for board in BOARDS for t in self.tasks(board=board)]
-        return sorted({t["task_id"]: t for t in rows}.values(), key=lambda t: t["task_id"])
+        def compute() -> list[dict]:
+            rows = [t for board in BOARDS for t in self.tasks(board=board)]
+            return sorted({t["task_id"]: t for t in rows}.values(), key=lambda t: t["task_id"])
+
+        return self._memo("all_tasks", compute)
 
     def assignees(self) -> list[str]:
-        """The PM team (the only addresses create_task accepts), sorted."""
-        return sorted({t["assigned_to_email"] for t in self.all_tasks()})
+        """The PM team (the only addresses create_task accepts) a query can name, sorted."""
+        return self._memo(
+            "assignees", lambda: sorted({t["assigned_to_email"] for t in self.all_tasks()} & set(self.people()))
+        )
 
     # ---- CRM ---------------------------------------------------------------------------------------
     def customers(self, **filters: str) -> list[dict]:
@@ -232,11 +251,17 @@ class Sandbox:
         return sorted(rows, key=lambda c: c["customer_id"])
 
     def all_customers(self) -> list[dict]:
-        rows = [c for s in STATUSES for c in self.customers(status=s)]
-        return sorted({c["customer_id"]: c for c in rows}.values(), key=lambda c: c["customer_id"])
+        def compute() -> list[dict]:
+            rows = [c for s in STATUSES for c in self.customers(status=s)]
+            return sorted({c["customer_id"]: c for c in rows}.values(), key=lambda c: c["customer_id"])
+
+        return self._memo("all_customers", compute)
 
     def reps(self) -> list[str]:
-        return sorted({c["assigned_to_email"] for c in self.all_customers()})
+        """The account reps in the CRM a query can name, sorted."""
+        return self._memo(
+            "reps", lambda: sorted({c["assigned_to_email"] for c in self.all_customers()} & set(self.people()))
+        )
 
     # ---- analytics ---------------------------------------------------------------------------------
     def daily(self, metric: str, time_min: str, time_max: str) -> dict[str, float]:

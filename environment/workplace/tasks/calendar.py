@@ -105,6 +105,8 @@ def rename_last_on_day(rng: random.Random, sb: Sandbox) -> Draft | None:
 def push_back_first_with(rng: random.Random, sb: Sandbox) -> Draft | None:
     event = pick(rng, _future_events(sb))
     person, day = event["participant_email"], event["event_start"][:10]
+    if not sb.nameable(person):
+        return None
     first = earliest(sb.events_on(day, query=person))
     if first is None:
         return None
@@ -178,7 +180,7 @@ def rename_next_named(rng: random.Random, sb: Sandbox) -> Draft | None:
     writes=("calendar_delete_event",),
 )
 def cancel_next_with(rng: random.Random, sb: Sandbox) -> Draft | None:
-    person = pick(rng, sorted({e["participant_email"] for e in _future_events(sb)}))
+    person = pick(rng, sorted({e["participant_email"] for e in _future_events(sb)} & set(sb.people())))
     upcoming = earliest(sb.events(person, time_min=NOW))
     if upcoming is None:
         return None
@@ -343,6 +345,8 @@ def change_duration(rng: random.Random, sb: Sandbox) -> Draft | None:
 def change_participant(rng: random.Random, sb: Sandbox) -> Draft | None:
     event = _unique_on_day(sb, rng)
     if event is None:
+        return None
+    if not sb.nameable(event["participant_email"]):
         return None
     new = pick(rng, [p for p in sb.people() if p != event["participant_email"]])
     return Draft(
