@@ -16,7 +16,8 @@ Layout of one checkpoint (``<checkpoint_dir>/step_<n>/``)::
                            "params_dtype": "bfloat16"|"float32"}: enough to rebuild the model at any
                           TP/PP (``build_model_for_export``); "tokenizer_dir" is "tokenizer" (the
                           copied folder, relative to step_<n>) when the tokenizer was a local folder
-    tokenizer/            copy of the tokenizer files (when the tokenizer was a local folder)
+    tokenizer/            copy of the tokenizer files (``hf_mapping.TOKENIZER_FILES``) when the
+                          tokenizer is a local folder that has them
 
 Atomicity: every rank writes into ``step_<n>.tmp``; only when all ranks are done does rank 0 write
 the JSON files, fsync and ``os.rename`` the folder to ``step_<n>``. A folder named ``step_<n>``
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-_TOKENIZER_SKIP = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
 
 
 class CheckpointError(RuntimeError):
@@ -192,12 +192,15 @@ def save_checkpoint(
 
 
 def _run_config(policy: Any, tmp: Path, tokenizer_dir: str | None) -> dict[str, Any]:
+    from megatron_grpo.models.hf_mapping import TOKENIZER_FILES
+
     tok = tokenizer_dir or getattr(policy, "hf_dir", None)
-    if tok is not None and Path(tok).is_dir():
+    files = [Path(tok) / name for name in TOKENIZER_FILES] if tok is not None else []
+    if any(f.is_file() for f in files):
         dst = tmp / "tokenizer"
         dst.mkdir()
-        for f in Path(tok).iterdir():
-            if f.is_file() and not f.name.endswith(_TOKENIZER_SKIP) and f.name != "config.json":
+        for f in files:
+            if f.is_file():
                 shutil.copy2(f, dst / f.name)
         tok = "tokenizer"
     dtype = next(policy.model.parameters()).dtype

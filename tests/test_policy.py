@@ -34,6 +34,14 @@ def hf_dir(tmp_path_factory):
     return save_tiny_qwen3(str(tmp_path_factory.mktemp("tiny_qwen3")), VOCAB, seed=3)
 
 
+@pytest.fixture(scope="module")
+def hf_dir_tied(tmp_path_factory):
+    from megatron_grpo.models.tiny import save_tiny_qwen3
+
+    return save_tiny_qwen3(str(tmp_path_factory.mktemp("tiny_qwen3_tied")), VOCAB + 1, seed=4,
+                           tie_word_embeddings=True)
+
+
 def make_batch(n: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
     """Right-padded sequences of different lengths plus what the test loss needs."""
     g = torch.Generator().manual_seed(seed)
@@ -83,16 +91,14 @@ def hf_reference(hf_dir: str, batch: dict[str, torch.Tensor]) -> dict:
     ]
     torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.999), eps=EPS).step()
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
-    if model.config.tie_word_embeddings:
-        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
     return {"logprobs": logp.detach(), "loss": float(loss), "grad_norm": grad_norm, "weights": weights}
 
 
-def policy_config(tp=1, pp=1, mbs=1, lbs=2, distopt=False, max_len=64):
+def policy_config(tp=1, pp=1, mbs=1, lbs=2, distopt=False, sp=False, max_len=64):
     from megatron_grpo.config import OptimizerConfig, PolicyConfig
 
     return PolicyConfig(
-        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, precision="float32",
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, sequence_parallel=sp, precision="float32",
         train_micro_batch_size=mbs, logprob_batch_size=lbs, max_total_sequence_length=max_len,
         optimizer=OptimizerConfig(lr=LR, min_lr=0.0, weight_decay=WD, clip_grad=CLIP, adam_eps=EPS,
                                   use_distributed_optimizer=distopt),
@@ -111,24 +117,26 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def _run_layout(hf_dir: str, tp: int, pp: int, distopt: bool, mbs_list: list[int], check_errors: bool):
-    """On each rank: logprobs (odd batch size, micro-batched) and one train step per micro-batch size,
-    each on a fresh policy; optional error checks. Returns plain data for the parent to compare."""
+def _run_layout(tp: int, pp: int, variants: list[dict], check_errors: bool):
+    """On each rank, for every variant (hf_dir, mbs, distopt, sp) a fresh policy: logprobs (odd batch
+    size, micro-batched) and one train step; optional error checks. Returns plain data."""
     from megatron_grpo.distributed import init_distributed
     from megatron_grpo.policy import MegatronPolicy, PolicyInputError
 
     layout = init_distributed(tp=tp, pp=pp)
-    out: dict = {"steps": {}}
-    batch = make_batch(4)
-    odd = make_batch(3, seed=1)
-    for mbs in mbs_list:
-        policy = MegatronPolicy(policy_config(tp, pp, mbs=mbs, distopt=distopt), layout, hf_dir)
-        if "logprobs_odd" not in out:
-            out["weights_before"] = hf_weights(policy)
-            out["logprobs_odd"] = policy.logprobs(odd["input_ids"], odd["lengths"])
-            out["logprobs"] = policy.logprobs(batch["input_ids"], batch["lengths"])
-        metrics = policy.train_step(copy.deepcopy(batch), test_loss)
-        out["steps"][mbs] = {"metrics": metrics, "weights": hf_weights(policy)}
+    batch, odd = make_batch(4), make_batch(3, seed=1)
+    out: dict = {"variants": []}
+    for v in variants:
+        cfg = policy_config(tp, pp, mbs=v["mbs"], distopt=v.get("distopt", False), sp=v.get("sp", False))
+        policy = MegatronPolicy(cfg, layout, v["hf_dir"])
+        res = {
+            "weights_before": hf_weights(policy),
+            "logprobs_odd": policy.logprobs(odd["input_ids"], odd["lengths"]),
+            "logprobs": policy.logprobs(batch["input_ids"], batch["lengths"]),
+            "metrics": policy.train_step(copy.deepcopy(batch), test_loss),
+        }
+        res["weights"] = hf_weights(policy)
+        out["variants"].append(res)
     if check_errors:
         errors = {}
         for name, bad in _bad_inputs(batch, policy.cfg.max_total_sequence_length).items():
@@ -152,21 +160,25 @@ def _bad_inputs(batch: dict[str, torch.Tensor], max_len: int) -> dict[str, dict]
             "no_lengths": {"input_ids": batch["input_ids"]}}
 
 
-def _check_against_reference(results: list[dict], ref: dict, ref_odd: dict, before: dict) -> None:
+def _check_against_reference(results: list[dict], variants: list[dict]) -> None:
+    refs = {}
+    for v in variants:
+        if v["hf_dir"] not in refs:
+            refs[v["hf_dir"]] = _references(v["hf_dir"])
     for r in results:  # every rank returns the same values
-        assert max_diff(r["weights_before"], before) < 1e-6  # import + stream round trip
-        assert float((r["logprobs"] - ref["logprobs"]).abs().max()) < 1e-5
-        assert float((r["logprobs_odd"] - ref_odd["logprobs"]).abs().max()) < 1e-5
-        for mbs, step in r["steps"].items():
-            m = step["metrics"]
-            assert m["loss"] == pytest.approx(ref["loss"], abs=1e-6), mbs
-            assert m["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5), mbs
+        for v, res in zip(variants, r["variants"], strict=True):
+            ref, ref_odd, before = refs[v["hf_dir"]]
+            assert max_diff(res["weights_before"], before) < 1e-6, v  # import + stream round trip
+            assert float((res["logprobs"] - ref["logprobs"]).abs().max()) < 1e-5, v
+            assert float((res["logprobs_odd"] - ref_odd["logprobs"]).abs().max()) < 1e-5, v
+            m = res["metrics"]
+            assert m["loss"] == pytest.approx(ref["loss"], abs=1e-6), v
+            assert m["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5), v
             assert m["grad_norm"] > CLIP  # clipping was exercised
             assert m["tokens"] == float(make_batch(4)["mask"].sum())
             assert m["lr"] == pytest.approx(LR)
-            moved = max_diff(step["weights"], before)
-            assert moved > 1e-3  # the step changed the weights
-            assert max_diff(step["weights"], ref["weights"]) < 1e-6, mbs
+            assert max_diff(res["weights"], before) > 1e-3  # the step changed the weights
+            assert max_diff(res["weights"], ref["weights"]) < 1e-6, v
 
 
 def _references(hf_dir: str) -> tuple[dict, dict, dict]:
@@ -174,31 +186,36 @@ def _references(hf_dir: str) -> tuple[dict, dict, dict]:
 
     model = AutoModelForCausalLM.from_pretrained(hf_dir)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    if "lm_head.weight" not in before:
-        before["lm_head.weight"] = before["model.embed_tokens.weight"]
     return hf_reference(hf_dir, make_batch(4)), hf_reference(hf_dir, make_batch(3, seed=1)), before
 
 
 # ---------------------------------------------------------------------- tests
 
 
-def test_tp2_matches_transformers_and_errors_name_the_fix(hf_dir):
-    results = run_distributed(_run_layout, 2, hf_dir, 2, 1, False, [1, 2], True)
-    _check_against_reference(results, *_references(hf_dir))
+def test_tp2_matches_transformers_and_errors_name_the_fix(hf_dir, hf_dir_tied):
+    """TP=2: micro-batch sizes 1 and 2, sequence parallelism, tied embeddings with a vocabulary
+    (97) that TP pads."""
+    variants = [{"hf_dir": hf_dir, "mbs": 1}, {"hf_dir": hf_dir, "mbs": 2, "sp": True},
+                {"hf_dir": hf_dir_tied, "mbs": 2}]
+    results = run_distributed(_run_layout, 2, 2, 1, variants, True)
+    _check_against_reference(results, variants)
     errors = results[0]["errors"]
     assert "policy.max_total_sequence_length=64" in errors["too_long"]
     assert "not divisible by data-parallel size 1 x policy.train_micro_batch_size 2" in errors["indivisible"]
-    assert "outside the vocabulary [0, 96)" in errors["bad_vocab"]
+    assert f"outside the vocabulary [0, {VOCAB + 1})" in errors["bad_vocab"]
     assert "batch['mask'] must be a tensor with first dim B=4" in errors["wrong_rows"]
     assert "needs 'input_ids' and 'lengths'" in errors["no_lengths"]
 
 
-def test_pp2_matches_transformers(hf_dir):
-    results = run_distributed(_run_layout, 2, hf_dir, 1, 2, False, [2], False)
-    _check_against_reference(results, *_references(hf_dir))
+def test_pp2_matches_transformers(hf_dir, hf_dir_tied):
+    """PP=2: the 1F1B schedule, and tied embeddings shared between the first and last stage."""
+    variants = [{"hf_dir": hf_dir, "mbs": 2}, {"hf_dir": hf_dir_tied, "mbs": 1}]
+    results = run_distributed(_run_layout, 2, 1, 2, variants, False)
+    _check_against_reference(results, variants)
 
 
 def test_dp2_distributed_optimizer_matches_transformers(hf_dir):
     """DP=2 + DistOpt: each rank sees half the rows, yet the update equals the full-batch one."""
-    results = run_distributed(_run_layout, 2, hf_dir, 1, 1, True, [1, 2], False)
-    _check_against_reference(results, *_references(hf_dir))
+    variants = [{"hf_dir": hf_dir, "mbs": 1, "distopt": True}, {"hf_dir": hf_dir, "mbs": 2, "distopt": True}]
+    results = run_distributed(_run_layout, 2, 1, 1, variants, False)
+    _check_against_reference(results, variants)
