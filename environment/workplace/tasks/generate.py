@@ -194,37 +194,37 @@ def split_tasks(
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"split_tasks: validation_fraction must be in [0, 1), got {validation_fraction}")
     rng = random.Random(seed)
+    category_of = {t["template"]: t["category"] for t in tasks}
     by_category: dict[str, list[str]] = {}
-    for name in sorted({t["template"] for t in tasks}):
-        category = next(t["category"] for t in tasks if t["template"] == name)
-        by_category.setdefault(category, []).append(name)
-    if holdout_templates < 0 or holdout_templates > sum(len(v) for v in by_category.values()) - len(by_category):
+    for name in sorted(category_of):
+        by_category.setdefault(category_of[name], []).append(name)
+    if holdout_templates < 0 or holdout_templates > len(category_of) - len(by_category):
         raise ValueError(
             f"split_tasks: --holdout-templates {holdout_templates} must leave every category at least one "
-            f"training template ({sum(len(v) for v in by_category.values())} templates in "
-            f"{len(by_category)} categories)"
+            f"training template ({len(category_of)} templates in {len(by_category)} categories)"
         )
     for names in by_category.values():
         rng.shuffle(names)
     held: list[str] = []
-    order = sorted(by_category, key=lambda c: _category_rank(c))
+    order = sorted(by_category, key=_category_rank)
     while len(held) < holdout_templates:
         for category in order:
             candidates = [n for n in by_category[category] if n not in held]
             if len(held) < holdout_templates and len(candidates) > 1:
                 held.append(candidates[0])
     held_set = set(held)
-    validation_ids: set[int] = {t["id"] for t in tasks if t["template"] in held_set}
+    in_validation = [t["template"] in held_set for t in tasks]
     rest: dict[str, list[int]] = {}
-    for t in tasks:
-        if t["template"] not in held_set:
-            rest.setdefault(t["category"], []).append(t["id"])
+    for i, t in enumerate(tasks):
+        if not in_validation[i]:
+            rest.setdefault(t["category"], []).append(i)
     for category in sorted(rest):
-        ids = rest[category]
-        rng.shuffle(ids)
-        validation_ids.update(ids[: round(validation_fraction * len(ids))])
-    train = [t for t in tasks if t["id"] not in validation_ids]
-    validation = [t for t in tasks if t["id"] in validation_ids]
+        positions = rest[category]
+        rng.shuffle(positions)
+        for i in positions[: round(validation_fraction * len(positions))]:
+            in_validation[i] = True
+    train = [t for t, v in zip(tasks, in_validation) if not v]
+    validation = [t for t, v in zip(tasks, in_validation) if v]
     return train, validation, sorted(held)
 
 
