@@ -53,9 +53,8 @@ def _free(device: torch.device) -> None:
 
 def build_megatron_model(hf_config, device: torch.device, dtype: torch.dtype):
     """Qwen3 GPTModel (the policy's builder) with random weights drawn on the device (fast)."""
-    from megatron_grpo.models.qwen3 import build_qwen3_model, transformer_config_from_hf
-
     from megatron_grpo.distributed import init_distributed
+    from megatron_grpo.models.qwen3 import build_qwen3_model, transformer_config_from_hf
 
     for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                            MASTER_PORT=os.environ.get("MASTER_PORT", "29517")).items():
@@ -91,6 +90,66 @@ def build_hf_model(hf_config, device: torch.device, dtype: torch.dtype):
     return model
 
 
+@torch.no_grad()
+def decode_step_comparison(model, batch: int, prompt_len: int, steps: int, device: torch.device) -> dict:
+    """ms per decode step: megatron-core's StaticInferenceContext path (GPTModel.forward with
+    inference_context) vs our CachedGPTForward (eager), same model, same tokens; plus the max
+    logit difference between the two (they compute the same function)."""
+    from megatron.core.inference.contexts import StaticInferenceContext
+
+    from megatron_grpo.generation.kv_cache import CachedGPTForward, KVCache
+
+    vocab = model.vocab_size
+    ids = torch.randint(0, vocab, (batch, prompt_len + steps), device=device)
+    total = prompt_len + steps
+    rec: dict = {"compare": "decode_step", "batch": batch, "prompt_len": prompt_len}
+    mcore_logits = []
+    try:
+        ctx = StaticInferenceContext(batch, total)
+        pos = torch.arange(prompt_len, device=device)[None].expand(batch, prompt_len)
+        mask = torch.triu(torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device), 1)[None, None]
+        model(ids[:, :prompt_len], pos, mask, inference_context=ctx, runtime_gather_output=True)
+        ctx.sequence_len_offset += prompt_len
+        ctx.enable_decode_mode()
+        _sync(device)
+        t = time.perf_counter()
+        for i in range(steps):
+            p = prompt_len + i
+            out = model(ids[:, p : p + 1], torch.full((batch, 1), p, device=device), None, inference_context=ctx,
+                        runtime_gather_output=True)
+            ctx.sequence_len_offset += 1
+            mcore_logits.append(out[:, -1].float())
+        _sync(device)
+        rec["mcore_static_ms"] = round(1000 * (time.perf_counter() - t) / steps, 3)
+        del ctx
+    except Exception as exc:  # noqa: BLE001 - reported, not fatal: it is a comparison
+        rec["mcore_static_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    _free(device)
+    f = CachedGPTForward(model)
+    f.ensure_rope(total, device)
+    cache = KVCache.allocate(len(f.layers), batch, f.kv_heads, total, f.head_dim,
+                             next(model.parameters()).dtype, device)
+    f.prefill(cache, slice(0, batch), ids[:, :prompt_len], torch.zeros(batch, dtype=torch.long, device=device))
+    key_ok = torch.zeros(batch, total, dtype=torch.bool, device=device)
+    key_ok[:, :prompt_len] = True
+    ours = []
+    _sync(device)
+    t = time.perf_counter()
+    for i in range(steps):
+        p = prompt_len + i
+        key_ok[:, p] = True
+        ours.append(f.decode(cache, ids[:, p], torch.full((batch,), p, device=device),
+                             torch.tensor([p], device=device), key_ok).float())
+    _sync(device)
+    rec["cached_forward_eager_ms"] = round(1000 * (time.perf_counter() - t) / steps, 3)
+    if mcore_logits:
+        rec["max_logit_diff"] = float(max((a - b).abs().max() for a, b in zip(mcore_logits, ours)))
+        rec["speedup"] = round(rec["mcore_static_ms"] / rec["cached_forward_eager_ms"], 2)
+    del cache
+    _free(device)
+    return rec
+
+
 def time_generate(engine, prompts, params) -> tuple[float, list]:
     device = getattr(engine, "device", torch.device("cpu"))
     _sync(device)
@@ -109,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-len", type=int, default=None, help="default 1024 (tiny: 64)")
     parser.add_argument("--new-tokens", type=int, default=None, help="default 256 (tiny: 32)")
     parser.add_argument("--no-eager", action="store_true", help="skip the megatron run without CUDA graphs")
+    parser.add_argument("--compare-batch", type=int, default=None,
+                        help="batch of the decode-step comparison with megatron-core's static inference "
+                             "context (default 64, tiny: 4; 0 skips it)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -149,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     model = build_megatron_model(hf_config, device, dtype)
     _emit({"megatron_model_build_s": round(time.perf_counter() - t, 1)}, results)
+    compare_batch = args.compare_batch if args.compare_batch is not None else (4 if args.tiny else 64)
+    if compare_batch:
+        _emit(decode_step_comparison(model, compare_batch, prompt_len, 16, device), results)
     megatron_tps: dict[int, float] = {}
     modes = [("graphs", True)] if device.type == "cuda" else [("eager", False)]
     if device.type == "cuda" and not args.no_eager:

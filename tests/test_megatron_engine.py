@@ -42,12 +42,15 @@ def _policy(hf_dir: str, tp: int, pp: int = 1, sequence_parallel: bool = False):
 
 
 def _full_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
-    """Last-position logits [vocab] of one unpadded sequence: the model's plain forward, no cache."""
-    from megatron.core import tensor_parallel
+    """Last-position logits [vocab] of one sequence: the model's plain forward, no cache (right-padded
+    to a multiple of TP for sequence parallelism; causal attention keeps the padding invisible)."""
+    from megatron.core import parallel_state, tensor_parallel
 
-    x = torch.tensor([ids], dtype=torch.long)
-    logits = model(x, torch.arange(len(ids))[None, :], None)  # [1, s, vocab / tp]
-    return tensor_parallel.gather_from_tensor_model_parallel_region(logits)[0, -1].float()
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    s = -(-len(ids) // tp) * tp
+    x = torch.tensor([list(ids) + [PAD] * (s - len(ids))], dtype=torch.long)
+    logits = model(x, torch.arange(s)[None, :], None)  # [1, s, vocab / tp]
+    return tensor_parallel.gather_from_tensor_model_parallel_region(logits)[0, len(ids) - 1].float()
 
 
 def _argmax_reference(model: torch.nn.Module, prompt: list[int], steps: int) -> tuple[list[int], list[float]]:
@@ -180,11 +183,14 @@ def test_engine_tp2_sequence_parallel(hf_dir):
 
 
 def _check_pp2_error(hf_dir: str) -> str:
+    from megatron_grpo.distributed import init_distributed
     from megatron_grpo.generation.megatron_engine import MegatronEngine
+    from megatron_grpo.models.qwen3 import build_qwen3_model, transformer_config_from_hf
 
-    policy = _policy(hf_dir, tp=1, pp=2)
+    init_distributed(tp=1, pp=2)
+    stage = build_qwen3_model(hf_dir, transformer_config_from_hf(hf_dir, tp=1, pp=2))  # this rank's half
     try:
-        MegatronEngine(policy=policy)
+        MegatronEngine(model=stage)
     except ValueError as exc:
         return str(exc)
     return "no error"

@@ -126,7 +126,7 @@ class CachedGPTForward:
 
         ``write`` selects the cache positions of the new keys (a slice for prefill, a 1-element
         index tensor for decode); attention reads keys [0, attn_keys) of ``rows`` under ``mask``
-        ([b, 1, s, attn_keys] bool, True = attend).
+        ([b, 1, s, attn_keys] bool, True = attend; None = causal without padding, prefill only).
         """
         attn = layer.self_attention
         residual = hidden
@@ -154,10 +154,14 @@ class CachedGPTForward:
             out = out.reshape(1, b, self.q_heads * self.head_dim)
         else:
             qh = q.permute(1, 2, 0, 3)  # [b, heads, s, d]
-            if group > 1:
-                keys = keys.repeat_interleave(group, dim=1)
-                values = values.repeat_interleave(group, dim=1)
-            out = F.scaled_dot_product_attention(qh, keys, values, attn_mask=mask, scale=self.scale)
+            if mask is None:  # causal, no padding: GQA inside SDPA (flash kernel on GPU)
+                out = F.scaled_dot_product_attention(qh, keys, values, is_causal=True, scale=self.scale,
+                                                     enable_gqa=group > 1)
+            else:  # padded rows need a mask; expand the KV heads so SDPA's masked kernels apply
+                if group > 1:
+                    keys = keys.repeat_interleave(group, dim=1)
+                    values = values.repeat_interleave(group, dim=1)
+                out = F.scaled_dot_product_attention(qh, keys, values, attn_mask=mask, scale=self.scale)
             out = out.permute(2, 0, 1, 3).reshape(s, b, self.q_heads * self.head_dim)
         out_with_bias = attn.linear_proj(out)
         return layer.self_attn_bda(False, layer.config.bias_dropout_fusion)(
@@ -191,14 +195,16 @@ class CachedGPTForward:
         b, width = input_ids.shape
         t = torch.arange(width, device=input_ids.device)
         positions = (t[None, :] - pad[:, None]).clamp(min=0)
-        key_ok = t[None, :] >= pad[:, None]  # [b, width]
-        causal = t[None, :, None] >= t[None, None, :]  # [1, q, k]
-        diag = torch.eye(width, dtype=torch.bool, device=input_ids.device)[None]
-        # a pad query sees only itself (an all-masked row would give NaN); real queries never see pads
-        mask = (causal & key_ok[:, None, :]) | diag
+        if bool((pad == 0).all()):
+            mask = None  # no padding: plain causal attention (lets SDPA pick its flash kernel)
+        else:
+            key_ok = t[None, :] >= pad[:, None]  # [b, width]
+            causal = t[None, :, None] >= t[None, None, :]  # [1, q, k]
+            diag = torch.eye(width, dtype=torch.bool, device=input_ids.device)[None]
+            # a pad query sees only itself (an all-masked row would give NaN); real queries never see pads
+            mask = ((causal & key_ok[:, None, :]) | diag)[:, None]
         hidden = self._embed(input_ids)
-        hidden = self._layers(hidden, self.rope_angles(positions), cache, rows, slice(0, width), width,
-                              mask[:, None])
+        hidden = self._layers(hidden, self.rope_angles(positions), cache, rows, slice(0, width), width, mask)
         return self._logits(hidden[-1:])
 
     def decode(self, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor, write: torch.Tensor,
