@@ -9,9 +9,10 @@ held-out templates. ``megatron-grpo generate-tasks`` (generate.py) writes them t
 
 from __future__ import annotations
 
-from environment.workplace.tasks.base import CATEGORIES, WRITE_TOOLS, Draft, Sandbox, Template
+from environment.workplace.tasks.base import CATEGORIES, WRITE_TOOLS, Draft, Template
 from environment.workplace.tasks.generate import generate_tasks, split_tasks
 from environment.workplace.tasks.registry import all_templates, templates_by_name
+from environment.workplace.tasks.sandbox import Sandbox
 
 __all__ = [
     "CATEGORIES",

@@ -14,7 +14,6 @@ from environment.workplace.tasks import vocab
 from environment.workplace.tasks.base import (
     TODAY,
     Draft,
-    Sandbox,
     call,
     collect_templates,
     iso,
@@ -22,6 +21,7 @@ from environment.workplace.tasks.base import (
     pick,
     template,
 )
+from environment.workplace.tasks.sandbox import Sandbox
 
 FIRST_DAY = date(2023, 9, 1)
 METRICS = tuple(vocab.METRICS)

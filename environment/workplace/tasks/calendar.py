@@ -11,7 +11,6 @@ from environment.workplace.tasks.base import (
     NOW,
     TODAY,
     Draft,
-    Sandbox,
     call,
     collect_templates,
     display_name,
@@ -24,6 +23,7 @@ from environment.workplace.tasks.base import (
     pick,
     template,
 )
+from environment.workplace.tasks.sandbox import Sandbox
 
 FMT = "%Y-%m-%d %H:%M:%S"
 DURATIONS = (30, 60, 90, 120)

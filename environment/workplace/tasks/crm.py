@@ -12,7 +12,6 @@ from environment.workplace.tasks.base import (
     STATUSES,
     TODAY,
     Draft,
-    Sandbox,
     call,
     collect_templates,
     display_name,
@@ -21,6 +20,7 @@ from environment.workplace.tasks.base import (
     pick,
     template,
 )
+from environment.workplace.tasks.sandbox import Sandbox
 
 
 def unique_customer(rng: random.Random, sb: Sandbox) -> dict | None:

@@ -10,7 +10,6 @@ from environment.workplace.tasks.base import (
     MAX_WRITES,
     TODAY,
     Draft,
-    Sandbox,
     call,
     collect_templates,
     display_name,
@@ -19,6 +18,7 @@ from environment.workplace.tasks.base import (
     pick,
     template,
 )
+from environment.workplace.tasks.sandbox import Sandbox
 
 
 def _sender(rng: random.Random, sb: Sandbox) -> tuple[str, str]:

@@ -33,10 +33,10 @@ from environment.workplace.tasks.base import (
     CATEGORY_PREFIX,
     ENVIRONMENT_NAME,
     MAX_WRITES,
-    Sandbox,
     Template,
 )
 from environment.workplace.tasks.registry import templates_by_name
+from environment.workplace.tasks.sandbox import Sandbox
 
 WORKBENCH_EMPTY_SHARE = 0.177  # 122 of WorkBench's 690 tasks have an empty ground truth
 EXHAUSTED_AFTER = 200

@@ -12,7 +12,6 @@ from environment.workplace.tasks.base import (
     NOW,
     TODAY,
     Draft,
-    Sandbox,
     call,
     collect_templates,
     display_name,
@@ -24,6 +23,7 @@ from environment.workplace.tasks.base import (
     template,
 )
 from environment.workplace.tasks.crm import unique_customer
+from environment.workplace.tasks.sandbox import Sandbox
 
 TOMORROW = TODAY + timedelta(days=1)
 THRESHOLD_METRICS = ("total_visits", "user_engaged", "session_duration_seconds")

@@ -15,7 +15,6 @@ from environment.workplace.tasks.base import (
     MAX_WRITES,
     TODAY,
     Draft,
-    Sandbox,
     call,
     collect_templates,
     display_name,
@@ -24,6 +23,7 @@ from environment.workplace.tasks.base import (
     pick,
     template,
 )
+from environment.workplace.tasks.sandbox import Sandbox
 
 
 def _member(rng: random.Random, sb: Sandbox, *exclude: str) -> str:
