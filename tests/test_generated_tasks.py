@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -54,6 +55,18 @@ def test_registry_has_enough_templates_and_covers_every_write_tool():
     }
     assert all(len(t.phrasings) >= 2 for t in templates)
     assert sum(t.conditional for t in templates) >= 10
+
+
+def test_every_phrasing_renders_with_its_templates_parameters():
+    sandbox = Sandbox.from_data_dir(DATA)
+    for template in all_templates():
+        drafts = (template.draw(random.Random(s), sandbox) for s in range(200))
+        draft = next(d for d in drafts if d is not None)
+        for phrasing in template.phrasings:
+            text = phrasing.format(**draft.params)
+            assert "{" not in text and "}" not in text, (template.name, text)
+        unused = set(draft.params) - {k for p in template.phrasings for k in re.findall(r"{(\w+)}", p)}
+        assert not unused, (template.name, unused)
 
 
 def test_sample_format_matches_the_reference_example(tasks):

@@ -78,6 +78,8 @@ def plot_range(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Plot the distribution of {metric_text} on {day}",
         "Show me a histogram of {metric_text} for {day} only.",
+        "I need a histogram of {metric_text} for the single day {day}.",
+        "I need a histogram of {metric_text} for the single day {day}.",
     ),
     writes=("analytics_create_plot",),
 )
@@ -93,6 +95,8 @@ def histogram_on_day(rng: random.Random, sb: Sandbox) -> Draft | None:
         "Can you plot the distribution of both {first_text} and {second_text} between {start} and {end}? "
         "{first_cap} first.",
         "Make two histograms for {start} to {end}: first {first_text}, then {second_text}.",
+        "Histograms please, from {start} to {end}: {first_text} and after it {second_text}.",
+        "Histograms please, from {start} to {end}: {first_text} and after it {second_text}.",
     ),
     writes=("analytics_create_plot",),
 )
@@ -117,6 +121,9 @@ def histograms_two(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Make {kind_text}s of {first_text} and then {second_text} from {start} to {end}",
         "I need two {kind_text}s covering {start} to {end}: one of {first_text}, then one of {second_text}.",
+        "From {start} to {end}, plot {first_text} as a {kind_text} and then {second_text} as another {kind_text}.",
+        "From {start} to {end}, plot {first_text} as a {kind_text} and then {second_text} as another "
+        "{kind_text}.",
     ),
     writes=("analytics_create_plot",),
 )
@@ -149,6 +156,10 @@ def threshold_in_range(rng: random.Random, values: list[float]) -> int:
         "of it over that period",
         "Was {metric_text} ever {direction} than {threshold} on a single day from {start} to {end}? If so, plot it "
         "as a line chart for those dates.",
+        "Check {metric_text} day by day from {start} to {end}. If any day was {direction} than {threshold}, "
+        "make a line plot of it for that range.",
+        "Check {metric_text} day by day from {start} to {end}. If any day was {direction} than {threshold}, "
+        "make a line plot of it for that range.",
     ),
     writes=("analytics_create_plot",),
     conditional=True,
@@ -176,6 +187,9 @@ def line_if_any_day(rng: random.Random, sb: Sandbox) -> Draft | None:
         "Can you make a line plot of the {rank} popular traffic source from {start} to {end}?",
         "Which traffic source brought the {rank_visits} visits between {start} and {end}? Plot its visits as a "
         "line chart for that period.",
+        "Plot, as a line chart, visits from whichever traffic source was the {rank} popular between {start} and {end}.",
+        "Plot, as a line chart, visits from whichever traffic source was the {rank} popular between {start} "
+        "and {end}.",
     ),
     writes=("analytics_create_plot",),
 )
@@ -203,6 +217,10 @@ def popular_source(rng: random.Random, sb: Sandbox) -> Draft | None:
         "both over that period ({first_text} first)",
         "Did {first_text} bring more visits than {second_text} from {start} to {end}? If yes, make a bar chart "
         "of each for that period, starting with {first_text}.",
+        "Compare {first_text} and {second_text} traffic from {start} to {end}; if {first_text} was higher, "
+        "make a bar chart of each for that period, {first_text} first.",
+        "Compare {first_text} and {second_text} traffic from {start} to {end}; if {first_text} was higher, "
+        "make a bar chart of each for that period, {first_text} first.",
     ),
     writes=("analytics_create_plot",),
     conditional=True,
@@ -230,6 +248,10 @@ def bars_if_source_beats(rng: random.Random, sb: Sandbox) -> Draft | None:
         "{start} to {end}",
         "Compare {metric_text} on {start} and {end}. If the {end} value is over {pct}% {direction}, plot it as a "
         "line chart for {start} through {end}.",
+        "Was {metric_text} on {end} more than {pct}% {direction} than on {start}? If so, line-plot it from "
+        "{start} to {end}.",
+        "Was {metric_text} on {end} more than {pct}% {direction} than on {start}? If so, line-plot it from "
+        "{start} to {end}.",
     ),
     writes=("analytics_create_plot",),
     conditional=True,
@@ -263,6 +285,10 @@ def line_if_growth(rng: random.Random, sb: Sandbox) -> Draft | None:
         "If we had more than {threshold} {metric_text} in total between {start} and {end}, make a bar chart of "
         "{metric_text} for that period",
         "Add up {metric_text} from {start} to {end}; if the sum is above {threshold}, plot it as a bar chart.",
+        "Make a bar chart of {metric_text} from {start} to {end}, but only if the total over those days is "
+        "more than {threshold}.",
+        "Make a bar chart of {metric_text} from {start} to {end}, but only if the total over those days is "
+        "more than {threshold}.",
     ),
     writes=("analytics_create_plot",),
     conditional=True,
@@ -311,6 +337,8 @@ def plot_month(rng: random.Random, sb: Sandbox) -> Draft | None:
         "If we had more {metric_text} in {later} than in {earlier}, make a {kind_text} of {metric_text} for {later}",
         "Compare {metric_text} summed over {earlier} with the sum over {later}. If {later} was higher, plot "
         "{later}'s {metric_text} as a {kind_text}.",
+        "Plot {metric_text} for {later} as a {kind_text} if its {later} total beats its {earlier} total.",
+        "Plot {metric_text} for {later} as a {kind_text} if its {later} total beats its {earlier} total.",
     ),
     writes=("analytics_create_plot",),
     conditional=True,
@@ -333,6 +361,8 @@ def plot_if_month_higher(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Make a {kind_text} of {metric_text} for the last {days} days, including today",
         "Plot {metric_text} over the past {days} days (today included) as a {kind_text}.",
+        "Show {metric_text} for the {days} days up to and including today in a {kind_text}.",
+        "Show {metric_text} for the {days} days up to and including today in a {kind_text}.",
     ),
     writes=("analytics_create_plot",),
 )

@@ -281,6 +281,10 @@ def create_event(rng: random.Random, sb: Sandbox) -> Draft | None:
         "the earliest time I'm free {when}",
         "Have I had a meeting with {name} between {since} and now? If not, book a half-hour 'catch-up' with "
         "them at my first free slot {when}.",
+        "Look at my calendar: if there's been no meeting with {name} since {since}, set up a 30-minute "
+        "'catch-up' with them in my first free slot {when}.",
+        "Look at my calendar: if there's been no meeting with {name} since {since}, set up a 30-minute "
+        "'catch-up' with them in my first free slot {when}.",
     ),
     writes=("calendar_create_event",),
     conditional=True,
@@ -396,6 +400,9 @@ def move_to_time(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "If my first meeting on {date} is shorter than {limit} minutes, extend it to {limit} minutes",
         "Check my first event on {date}: if it's under {limit} minutes long, make it {limit} minutes.",
+        "Make sure my first meeting on {date} lasts at least {limit} minutes - extend it to {limit} if it is shorter.",
+        "Make sure my first meeting on {date} lasts at least {limit} minutes - extend it to {limit} if it is "
+        "shorter.",
     ),
     writes=("calendar_update_event",),
     conditional=True,
@@ -417,8 +424,10 @@ def extend_first_if_short(rng: random.Random, sb: Sandbox) -> Draft | None:
 @template(
     "calendar",
     (
-        "Book a {duration} meeting called '{event}' with {name} at the earliest time I'm free on {date}",
-        "Find my first free {duration} slot on {date} and schedule '{event}' with {name} in it.",
+        "Book a {duration} meeting called '{event}' with {name} at the earliest time I'm free {when}",
+        "Find my first free {duration} slot {when} and schedule '{event}' with {name} in it.",
+        "Put a {duration} '{event}' with {name} into the earliest gap in my calendar {when}.",
+        "Put a {duration} '{event}' with {name} into the earliest gap in my calendar {when}.",
     ),
     writes=("calendar_create_event",),
 )
@@ -432,7 +441,7 @@ def create_in_first_free_slot(rng: random.Random, sb: Sandbox) -> Draft | None:
         return None
     person, name = pick(rng, sb.people()), pick(rng, vocab.EVENT_NAMES)
     return Draft(
-        {"duration": nl_minutes(minutes), "event": name, "name": display_name(person), "date": _day_text(day)},
+        {"duration": nl_minutes(minutes), "event": name, "name": display_name(person), "when": _day_text(day)},
         [
             call(
                 "calendar_create_event",
@@ -446,7 +455,8 @@ def create_in_first_free_slot(rng: random.Random, sb: Sandbox) -> Draft | None:
 
 
 def _day_text(day: date) -> str:
-    return "tomorrow" if day == TODAY + timedelta(days=1) else nl_date(day)
+    """'tomorrow' or 'on December 5'."""
+    return "tomorrow" if day == TODAY + timedelta(days=1) else f"on {nl_date(day)}"
 
 
 TEMPLATES = collect_templates(globals())

@@ -111,6 +111,8 @@ def add_lead(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Add {customer} to the crm with status {status}, assigned to {rep}, interested in {product}, email {email}",
         "Create a CRM record for {customer}: status {status}, rep {rep}, product interest {product}, email {email}.",
+        "New CRM entry: {customer} ({email}), {product} interest, status {status}, owned by {rep}.",
+        "New CRM entry: {customer} ({email}), {product} interest, status {status}, owned by {rep}.",
     ),
     writes=("customer_relationship_manager_add_customer",),
 )
@@ -167,6 +169,8 @@ def reassign_customer(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Reassign all of {old}'s leads that are interested in {product} to {new} in the crm",
         "{new} is taking over all of {old}'s leads that are interested in {product}. Can you reassign them in the crm?",
+        "Move {old}'s {product} leads over to {new} in the crm.",
+        "Move {old}'s {product} leads over to {new} in the crm.",
     ),
     writes=("customer_relationship_manager_update_customer",),
     conditional=True,
@@ -190,6 +194,10 @@ def reassign_leads_by_product(rng: random.Random, sb: Sandbox) -> Draft | None:
         "Give {new} all of {old}'s customers that are interested in {product} and are either qualified or in "
         "proposal in the crm",
         "Move {old}'s {product} customers in the qualified or proposal stage over to {new} in the crm.",
+        "In the crm, hand {new} every customer of {old}'s who is interested in {product} and is qualified or "
+        "in proposal.",
+        "In the crm, hand {new} every customer of {old}'s who is interested in {product} and is qualified or "
+        "in proposal.",
     ),
     writes=("customer_relationship_manager_update_customer",),
     conditional=True,
@@ -213,6 +221,9 @@ def reassign_qualified_or_proposal(rng: random.Random, sb: Sandbox) -> Draft | N
     (
         "Delete all of {rep}'s customers that are in the {status} stage and interested in {product} in the crm",
         "We no longer need to keep {rep}'s {status} customers interested in {product}. Delete them from the crm.",
+        "Remove from the crm all customers assigned to {rep} with status {status} and product interest {product}.",
+        "Remove from the crm all customers assigned to {rep} with status {status} and product interest "
+        "{product}.",
     ),
     writes=("customer_relationship_manager_delete_customer",),
     conditional=True,
@@ -235,6 +246,8 @@ def delete_by_stage_and_product(rng: random.Random, sb: Sandbox) -> Draft | None
         "in the crm",
         "Proposal-stage {product} customers we haven't contacted since before {date} are lost. Update their "
         "status in the crm.",
+        "Mark as lost every {product} customer still in proposal whose last contact date is before {date}.",
+        "Mark as lost every {product} customer still in proposal whose last contact date is before {date}.",
     ),
     writes=("customer_relationship_manager_update_customer",),
     conditional=True,
@@ -254,6 +267,8 @@ def stale_proposals_to_lost(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Update {customer}'s phone number to {phone} in the crm",
         "{customer} has a new phone number: {phone}. Please record it in the CRM.",
+        "Change the phone number for {customer} in the crm to {phone}.",
+        "Change the phone number for {customer} in the crm to {phone}.",
     ),
     writes=("customer_relationship_manager_update_customer",),
 )
@@ -270,6 +285,8 @@ def update_phone(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "{customer} is now interested in {product}. Update the crm.",
         "Change the product interest of {customer} to {product} in the crm",
+        "Set {customer}'s product interest to {product} in the CRM.",
+        "Set {customer}'s product interest to {product} in the CRM.",
     ),
     writes=("customer_relationship_manager_update_customer",),
 )
@@ -289,6 +306,8 @@ def update_product_interest(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "If {customer} is still {status_word}, move them to {target} in the crm",
         "Check {customer}'s status in the CRM. If it's {status}, change it to {target}.",
+        "Only if {customer}'s status is currently {status}, update it to {target} in the crm.",
+        "Only if {customer}'s status is currently {status}, update it to {target} in the crm.",
     ),
     writes=("customer_relationship_manager_update_customer",),
     conditional=True,
@@ -313,6 +332,8 @@ def status_if(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Update {customer}'s email address to {email} in the crm",
         "{customer} changed their email to {email}. Please update the CRM record.",
+        "Set the customer email for {customer} to {email} in the crm.",
+        "Set the customer email for {customer} to {email} in the crm.",
     ),
     writes=("customer_relationship_manager_update_customer",),
 )

@@ -188,6 +188,8 @@ def forward_recent_from(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Forward the last email about '{subject}' to {first} and then to {second}",
         "Please forward the most recent email titled '{subject}' to {first}, and after that to {second}.",
+        "Send the newest '{subject}' email on to {first} first and then to {second} (forward it twice).",
+        "Send the newest '{subject}' email on to {first} first and then to {second} (forward it twice).",
     ),
     writes=("email_forward_email",),
 )
@@ -212,6 +214,8 @@ def forward_about_to_two(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Delete all emails from {name} about '{subject}'",
         "I don't need {name}'s emails about '{subject}' anymore - please delete all of them.",
+        "Get rid of every email {name} sent me with the subject '{subject}'.",
+        "Get rid of every email {name} sent me with the subject '{subject}'.",
     ),
     writes=("email_delete_email",),
 )
@@ -237,6 +241,10 @@ def delete_from_about(rng: random.Random, sb: Sandbox) -> Draft | None:
         "them an email titled '{subject}' saying '{body}'",
         "Check whether {name} sent me anything on or after {date}. If so, reply to the newest one with "
         "'{reply}'; if not, email them with the subject '{subject}' and the body '{body}'",
+        "Reply '{reply}' to {name}'s latest email if they wrote to me on or after {date}; if they haven't, "
+        "send them '{body}' with the subject '{subject}'",
+        "Reply '{reply}' to {name}'s latest email if they wrote to me on or after {date}; if they haven't, "
+        "send them '{body}' with the subject '{subject}'",
     ),
     writes=("email_reply_email", "email_send_email"),
 )
@@ -259,6 +267,8 @@ def reply_or_send(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "If {sender} sent me any email since {date}, forward the most recent one to {recipient}",
         "Has {sender} emailed me on or after {date}? If yes, forward their latest email to {recipient}.",
+        "Forward {sender}'s most recent email to {recipient}, but only if it arrived on or after {date}.",
+        "Forward {sender}'s most recent email to {recipient}, but only if it arrived on or after {date}.",
     ),
     writes=("email_forward_email",),
     conditional=True,
@@ -277,6 +287,8 @@ def forward_if_recent(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Delete the oldest email about '{subject}'",
         "Please remove the earliest email I have with the subject '{subject}'.",
+        "Find the first email I ever got about '{subject}' and delete it.",
+        "Find the first email I ever got about '{subject}' and delete it.",
     ),
     writes=("email_delete_email",),
 )
@@ -293,6 +305,9 @@ def delete_oldest_about(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Send {first} and {second} an email titled '{subject}' saying '{body}' - {first} first, then {second}",
         "Email {first}, then {second}, with the subject '{subject}' and the message '{body}'",
+        "I need two emails sent, one to {first} and then one to {second}: subject '{subject}', message '{body}'.",
+        "I need two emails sent, one to {first} and then one to {second}: subject '{subject}', message "
+        "'{body}'.",
     ),
     writes=("email_send_email",),
 )

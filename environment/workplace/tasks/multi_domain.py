@@ -66,6 +66,10 @@ def _metric_condition(rng: random.Random, sb: Sandbox) -> tuple[dict[str, str], 
         "with whoever is assigned to them in the crm at the first time I'm free tomorrow",
         "Check the crm: if {customer}'s last contact was before {date}, schedule a half-hour 'Update on {customer}' "
         "meeting with their account rep at my earliest free slot tomorrow.",
+        "If {customer}'s last contact date in the crm is earlier than {date}, book 'Update on {customer}' for"
+        " 30 minutes with their assigned rep at the first time I'm free tomorrow.",
+        "If {customer}'s last contact date in the crm is earlier than {date}, book 'Update on {customer}' for"
+        " 30 minutes with their assigned rep at the first time I'm free tomorrow.",
     ),
     writes=("calendar_create_event",),
     domains=("customer_relationship_manager", "calendar"),
@@ -92,6 +96,10 @@ def meet_rep_if_stale(rng: random.Random, sb: Sandbox) -> Draft | None:
         "tasks (due before today)",
         "{customer} is a new lead. Of {a} and {b}, find who has fewer tasks due before today that aren't "
         "completed, and add the lead to the crm under them.",
+        "Compare overdue tasks (due before today, not completed) for {a} and {b}, then add {customer} to the "
+        "crm as a lead assigned to whoever has fewer.",
+        "Compare overdue tasks (due before today, not completed) for {a} and {b}, then add {customer} to the "
+        "crm as a lead assigned to whoever has fewer.",
     ),
     writes=("customer_relationship_manager_add_customer",),
     domains=("project_management", "customer_relationship_manager"),
@@ -122,6 +130,10 @@ def lead_to_least_overdue(rng: random.Random, sb: Sandbox) -> Draft | None:
         "'{subject}' at {time} on {date} with the sender",
         "There's an email from {email_date} titled '{subject}'. Book a {minutes}-minute meeting with whoever sent "
         "it, called '{subject}', on {date} at {time}.",
+        "Schedule '{subject}' for {minutes} minutes on {date} at {time} with the person who sent me the "
+        "'{subject}' email on {email_date}.",
+        "Schedule '{subject}' for {minutes} minutes on {date} at {time} with the person who sent me the "
+        "'{subject}' email on {email_date}.",
     ),
     writes=("calendar_create_event",),
     domains=("email", "calendar"),
@@ -155,6 +167,10 @@ def meeting_from_email(rng: random.Random, sb: Sandbox) -> Draft | None:
         "'{body}'",
         "Whoever is in my first meeting on {date} should get an email with the meeting's name as the subject "
         "saying '{body}'.",
+        "Email the participant of my earliest meeting on {date}, using the meeting name as the subject and "
+        "'{body}' as the body.",
+        "Email the participant of my earliest meeting on {date}, using the meeting name as the subject and "
+        "'{body}' as the body.",
     ),
     writes=("email_send_email",),
     domains=("calendar", "email"),
@@ -186,6 +202,10 @@ def email_first_event_attendee(rng: random.Random, sb: Sandbox) -> Draft | None:
         "{time} called 'Catch up with {name}'",
         "Check whether {name} has emailed me on or after {date}. If not, book 'Catch up with {name}' with them "
         "for 30 minutes on {day} at {time}.",
+        "Book a 30-minute 'Catch up with {name}' with {name} on {day} at {time}, but only if they haven't "
+        "emailed me since {date}.",
+        "Book a 30-minute 'Catch up with {name}' with {name} on {day} at {time}, but only if they haven't "
+        "emailed me since {date}.",
     ),
     writes=("calendar_create_event",),
     domains=("email", "calendar"),
@@ -211,6 +231,10 @@ def meet_if_no_email(rng: random.Random, sb: Sandbox) -> Draft | None:
         "'We haven't caught up in a while - can you send some availability over next week?'",
         "Have I had a meeting with {name} between {date} and now? If not, email them with the subject 'Catch up "
         "soon?' and the body 'We haven't caught up in a while - can you send some availability over next week?'",
+        "Unless I've had a meeting with {name} since {date}, send them 'We haven't caught up in a while - can"
+        " you send some availability over next week?' with the subject 'Catch up soon?'.",
+        "Unless I've had a meeting with {name} since {date}, send them 'We haven't caught up in a while - can"
+        " you send some availability over next week?' with the subject 'Catch up soon?'.",
     ),
     writes=("email_send_email",),
     domains=("calendar", "email"),
@@ -234,6 +258,12 @@ def email_if_not_met(rng: random.Random, sb: Sandbox) -> Draft | None:
         "Check {name}'s tasks. With anything overdue (due before today, not completed), email them 'You have a few "
         "overdue tasks - can you update me on them?' with the subject 'Overdue tasks'; if nothing is overdue, "
         "send 'Nice work keeping on top of your tasks this sprint!' with the subject 'Good work this sprint'.",
+        "Email {name}: if they have overdue tasks (due before today, not completed), use the subject 'Overdue"
+        " tasks' and say 'You have a few overdue tasks - can you update me on them?'; otherwise use the "
+        "subject 'Good work this sprint' and say 'Nice work keeping on top of your tasks this sprint!'",
+        "Email {name}: if they have overdue tasks (due before today, not completed), use the subject 'Overdue"
+        " tasks' and say 'You have a few overdue tasks - can you update me on them?'; otherwise use the "
+        "subject 'Good work this sprint' and say 'Nice work keeping on top of your tasks this sprint!'",
     ),
     writes=("email_send_email",),
     domains=("project_management", "email"),
@@ -256,6 +286,10 @@ def email_about_overdue(rng: random.Random, sb: Sandbox) -> Draft | None:
         "called 'Catch up on overdue tasks' at the earliest time I'm free {when}",
         "Does {name} have tasks that were due before today and aren't completed? If so, schedule a 30-minute "
         "'Catch up on overdue tasks' with them at my first free slot {when}.",
+        "Book 'Catch up on overdue tasks' (30 minutes) with {name} at the first time I'm free {when}, but "
+        "only if they have tasks due before today that aren't completed.",
+        "Book 'Catch up on overdue tasks' (30 minutes) with {name} at the first time I'm free {when}, but "
+        "only if they have tasks due before today that aren't completed.",
     ),
     writes=("calendar_create_event",),
     domains=("project_management", "calendar"),
@@ -285,6 +319,12 @@ def meet_if_overdue(rng: random.Random, sb: Sandbox) -> Draft | None:
         "Check whether {metric_text} was {direction} than {threshold} on any single day since {since}. If it was, "
         "email {name} with the subject 'Update on {metric_text}' and the body 'I noticed {metric_text} was "
         "{direction} than {threshold} - can you update me?'",
+        "Email {name} with the subject 'Update on {metric_text}' and the body 'I noticed {metric_text} was "
+        "{direction} than {threshold} - can you update me?' if that really happened on some day since "
+        "{since}.",
+        "Email {name} with the subject 'Update on {metric_text}' and the body 'I noticed {metric_text} was "
+        "{direction} than {threshold} - can you update me?' if that really happened on some day since "
+        "{since}.",
     ),
     writes=("email_send_email",),
     domains=("analytics", "email"),
@@ -306,6 +346,10 @@ def email_if_metric(rng: random.Random, sb: Sandbox) -> Draft | None:
         "'Improve {metric_text}' for {name} on the {board} board due {due}",
         "Was {metric_text} {direction} than {threshold} on some day since {since}? If so, add a Backlog task "
         "'Improve {metric_text}' on the {board} board, assigned to {name}, due {due}.",
+        "Create the Backlog task 'Improve {metric_text}' for {name} on the {board} board, due {due}, only if "
+        "{metric_text} was {direction} than {threshold} on at least one day since {since}.",
+        "Create the Backlog task 'Improve {metric_text}' for {name} on the {board} board, due {due}, only if "
+        "{metric_text} was {direction} than {threshold} on at least one day since {since}.",
     ),
     writes=("project_management_create_task",),
     domains=("analytics", "project_management"),
@@ -339,6 +383,10 @@ def task_if_metric(rng: random.Random, sb: Sandbox) -> Draft | None:
         "interested in {product} from the crm",
         "I think {metric_text} might have been {direction} than {threshold} at some point since {since}. Check, and "
         "if so, remove {rep}'s {product} leads from the CRM.",
+        "Delete {rep}'s leads interested in {product} from the crm if {metric_text} was {direction} than "
+        "{threshold} on any day since {since}.",
+        "Delete {rep}'s leads interested in {product} from the crm if {metric_text} was {direction} than "
+        "{threshold} on any day since {since}.",
     ),
     writes=("customer_relationship_manager_delete_customer",),
     domains=("analytics", "customer_relationship_manager"),
@@ -365,6 +413,14 @@ def delete_leads_if_metric(rng: random.Random, sb: Sandbox) -> Draft | None:
         "Check if {name} has overdue tasks (due before today, not completed). If yes: schedule a 30-minute 'Catch "
         "up on overdue tasks' with them at my first free time tomorrow, and email them 'I have scheduled a meeting "
         "for us to discuss your overdue tasks.' with the subject 'Discuss overdue tasks'.",
+        "When {name} has overdue tasks (due before today, not completed), do two things: book a 30-minute "
+        "'Catch up on overdue tasks' with them at the earliest time I'm free tomorrow, and send them an email"
+        " titled 'Discuss overdue tasks' saying 'I have scheduled a meeting for us to discuss your overdue "
+        "tasks.'",
+        "When {name} has overdue tasks (due before today, not completed), do two things: book a 30-minute "
+        "'Catch up on overdue tasks' with them at the earliest time I'm free tomorrow, and send them an email"
+        " titled 'Discuss overdue tasks' saying 'I have scheduled a meeting for us to discuss your overdue "
+        "tasks.'",
     ),
     writes=("calendar_create_event", "email_send_email"),
     domains=("project_management", "calendar", "email"),
@@ -390,6 +446,8 @@ def meet_and_email_if_overdue(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Forward the latest email from {name} to whoever is assigned to {customer} in the crm",
         "Look up {customer}'s account rep in the CRM and forward them {name}'s most recent email.",
+        "Who owns {customer} in the crm? Forward them the most recent email I got from {name}.",
+        "Who owns {customer} in the crm? Forward them the most recent email I got from {name}.",
     ),
     writes=("email_forward_email",),
     domains=("email", "customer_relationship_manager"),
@@ -415,6 +473,10 @@ def forward_to_account_rep(rng: random.Random, sb: Sandbox) -> Draft | None:
         "to {name} and make it due {date}",
         "Take the subject line of the most recent email from {name} and turn it into a Backlog task on the {board} "
         "board for them, due {date}.",
+        "Make a Backlog task on the {board} board for {name}, named exactly like the subject of the last "
+        "email they sent me, due {date}.",
+        "Make a Backlog task on the {board} board for {name}, named exactly like the subject of the last "
+        "email they sent me, due {date}.",
     ),
     writes=("project_management_create_task",),
     domains=("email", "project_management"),
@@ -448,6 +510,10 @@ def task_from_email(rng: random.Random, sb: Sandbox) -> Draft | None:
         "saying 'The {metric_text} chart is ready.'",
         "Plot {metric_text} between {start} and {end} as a line chart, then send {name} an email with the subject "
         "'{metric_title} report' and the body 'The {metric_text} chart is ready.'",
+        "Create a line chart of {metric_text} for {start} to {end}, and let {name} know by email (subject "
+        "'{metric_title} report', body 'The {metric_text} chart is ready.').",
+        "Create a line chart of {metric_text} for {start} to {end}, and let {name} know by email (subject "
+        "'{metric_title} report', body 'The {metric_text} chart is ready.').",
     ),
     writes=("analytics_create_plot", "email_send_email"),
     domains=("analytics", "email"),
@@ -487,6 +553,10 @@ def plot_and_email(rng: random.Random, sb: Sandbox) -> Draft | None:
         "Delete all my upcoming meetings with {name} and email them titled 'Meetings cancelled' saying '{body}'",
         "Cancel every future meeting I have with {name}, then send them an email with the subject 'Meetings "
         "cancelled' and the body '{body}'.",
+        "Remove all my future meetings with {name} from the calendar and email them '{body}' with the subject"
+        " 'Meetings cancelled'.",
+        "Remove all my future meetings with {name} from the calendar and email them '{body}' with the subject"
+        " 'Meetings cancelled'.",
     ),
     writes=("calendar_delete_event", "email_send_email"),
     domains=("calendar", "email"),
@@ -513,6 +583,8 @@ def cancel_and_notify(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Reassign {customer} in the crm to the person I have my first meeting with on {date}",
         "Whoever is in my first meeting on {date} should take over {customer} - update the crm.",
+        "Make the participant of my first meeting on {date} the account rep for {customer} in the crm.",
+        "Make the participant of my first meeting on {date} the account rep for {customer} in the crm.",
     ),
     writes=("customer_relationship_manager_update_customer",),
     domains=("calendar", "customer_relationship_manager"),
@@ -544,6 +616,8 @@ def reassign_to_meeting_attendee(rng: random.Random, sb: Sandbox) -> Draft | Non
     (
         "If {name} has any tasks in review, delete my next meeting with them",
         "Check whether {name} has tasks in the In Review list; if they do, cancel my next meeting with them.",
+        "Cancel my next meeting with {name} if any of their tasks are in review.",
+        "Cancel my next meeting with {name} if any of their tasks are in review.",
     ),
     writes=("calendar_delete_event",),
     domains=("project_management", "calendar"),

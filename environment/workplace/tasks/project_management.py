@@ -81,6 +81,8 @@ def in_progress_to_review(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Move any of {name}'s tasks that are in review to completed",
         "All of {name}'s tasks in review have been approved. Mark them as Completed.",
+        "Close out {name}'s in-review tasks by moving them to Completed.",
+        "Close out {name}'s in-review tasks by moving them to Completed.",
     ),
     writes=("project_management_update_task",),
     conditional=True,
@@ -95,6 +97,8 @@ def review_to_completed(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Move all of {name}'s overdue tasks (due before today) in the backlog to in progress",
         "{name} should start on their overdue backlog tasks - the ones due before today. Move them to In Progress.",
+        "Any backlog task of {name}'s that was due before today should move to In Progress.",
+        "Any backlog task of {name}'s that was due before today should move to In Progress.",
     ),
     writes=("project_management_update_task",),
     conditional=True,
@@ -110,6 +114,8 @@ def overdue_backlog_to_in_progress(rng: random.Random, sb: Sandbox) -> Draft | N
         "{name} is on vacation now, so move all their unfinished tasks that are in progress or in review to the "
         "backlog.",
         "Put {name}'s in-progress and in-review tasks back into the Backlog.",
+        "Move every task {name} has in progress or in review to the backlog.",
+        "Move every task {name} has in progress or in review to the backlog.",
     ),
     writes=("project_management_update_task",),
     conditional=True,
@@ -151,6 +157,8 @@ def create_task(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "{sick} is sick, so reassign their in-progress tasks to {other}.",
         "Give {other} all of {sick}'s tasks that are currently in progress.",
+        "{other} is covering for {sick}: assign {sick}'s in-progress tasks to {other}.",
+        "{other} is covering for {sick}: assign {sick}'s in-progress tasks to {other}.",
     ),
     writes=("project_management_update_task",),
     conditional=True,
@@ -172,6 +180,8 @@ def reassign_in_progress(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Give all the overdue tasks (due before today) that {name} hasn't started to {other}.",
         "Reassign {name}'s backlog tasks that were due before today to {other}.",
+        "Hand {name}'s overdue tasks that are still in the backlog (due before today) to {other}.",
+        "Hand {name}'s overdue tasks that are still in the backlog (due before today) to {other}.",
     ),
     writes=("project_management_update_task",),
     conditional=True,
@@ -193,6 +203,8 @@ def reassign_overdue_not_started(rng: random.Random, sb: Sandbox) -> Draft | Non
     (
         "Take {name}'s most urgent unfinished task and reassign it to {other}.",
         "Which of {name}'s open tasks is due soonest? Give that one to {other}.",
+        "Reassign {name}'s not-yet-completed task with the earliest due date to {other}.",
+        "Reassign {name}'s not-yet-completed task with the earliest due date to {other}.",
     ),
     writes=("project_management_update_task",),
 )
@@ -236,6 +248,8 @@ def delete_task(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Delete all of {name}'s completed tasks on the {board} board",
         "Clean up the {board} board: remove every completed task assigned to {name}.",
+        "Remove {name}'s completed tasks from the {board} board.",
+        "Remove {name}'s completed tasks from the {board} board.",
     ),
     writes=("project_management_delete_task",),
     conditional=True,
@@ -278,6 +292,8 @@ def change_due_date(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Move {name}'s task '{task}' to the {board} board",
         "'{task}' (assigned to {name}) belongs on the {board} board. Can you move it?",
+        "Switch the board of {name}'s task '{task}' to {board}.",
+        "Switch the board of {name}'s task '{task}' to {board}.",
     ),
     writes=("project_management_update_task",),
 )
@@ -297,6 +313,8 @@ def move_to_board(rng: random.Random, sb: Sandbox) -> Draft | None:
     (
         "Rename {name}'s task '{task}' to '{new_name}'",
         "Change the name of the task '{task}' assigned to {name} to '{new_name}'.",
+        "{name}'s task '{task}' should be called '{new_name}' from now on.",
+        "{name}'s task '{task}' should be called '{new_name}' from now on.",
     ),
     writes=("project_management_update_task",),
 )
