@@ -1,0 +1,323 @@
+"""The launch path against a real one-node SLURM (slurm/local/slurm_up.sh) and real submitit executors.
+
+Jobs run `slurm/grpo_1node.sh` with 2 gloo ranks on CPU (`--gpus-per-node=0 --ntasks-per-node=2`).
+The rank command is TRAIN_CMD. Until the trainer lands it is PAYLOAD: a stand-in that behaves like
+the trainer where the launcher can see it (reads the config, gloo all-reduce across the srun ranks,
+"step N" log lines, results/<exp>/checkpoints/step_N folders, resume=auto from the latest one,
+PreemptionFlag -> save -> exit 75), and, on rank 0, connects to RAY_ADDRESS and runs a remote task.
+
+Switching to the real trainer: set ``TRAIN_CMD = "megatron-grpo train"`` and make ``job_config``
+return the tiny CPU config (configs/tiny_cpu.yaml with the demo's locally built model and tasks);
+the assertions only use the log lines / checkpoint folders / exit codes described above.
+
+If SLURM cannot run here, slurm_up.sh writes why to $SLURM_LOCAL_DIR/unavailable.txt and every test
+in this file FAILS with that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from megatron_grpo import launch
+from megatron_grpo.preemption import PREEMPT_EXIT_CODE
+
+REPO = Path(__file__).resolve().parents[1]
+SLURM_DIR = Path(os.environ.get("SLURM_LOCAL_DIR", "/tmp/megatron_grpo_slurm"))
+TRAIN_CMD = None  # None -> the PAYLOAD stand-in below; the trainer: "megatron-grpo train"
+
+PAYLOAD = r'''
+"""Stand-in for `megatron-grpo train --config CFG [overrides]` (see tests/test_launch_slurm.py)."""
+import argparse, json, os, time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_grpo.config import load_config
+from megatron_grpo.preemption import PreemptionFlag
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--config", required=True)
+parser.add_argument("overrides", nargs="*")
+args = parser.parse_args()
+cfg = load_config(args.config, args.overrides)
+flag = PreemptionFlag().install()
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+ckpt = Path(cfg.checkpointing.checkpoint_dir)
+start = 1
+if cfg.checkpointing.resume == "auto" and ckpt.is_dir():
+    start = max((int(p.name.split("_")[1]) for p in ckpt.glob("step_*")), default=0) + 1
+restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+print(f"rank {rank}/{world} resume at step {start} restart {restart}", flush=True)
+if rank == 0 and os.environ.get("RAY_ADDRESS"):
+    import ray
+    ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+    answer = ray.get(ray.remote(lambda x: x * 2).remote(21))
+    nodes = [n["NodeName"] for n in ray.nodes() if n["Alive"]]
+    ray.shutdown()
+    Path(cfg.logger.log_dir).mkdir(parents=True, exist_ok=True)
+    Path(cfg.logger.log_dir, "ray_result.json").write_text(json.dumps({"answer": answer, "nodes": nodes}))
+step_s = float(os.environ.get("PAYLOAD_STEP_S", "0"))
+for step in range(start, cfg.grpo.max_num_steps + 1):
+    t = torch.tensor([float(rank + 1)])
+    dist.all_reduce(t)
+    print(f"step {step} allreduce {t.item():g} world {world}", flush=True)
+    time.sleep(step_s)
+    stop = flag.should_stop_all()
+    save = stop or step % cfg.checkpointing.save_period == 0 or step == cfg.grpo.max_num_steps
+    if rank == 0 and save:
+        (ckpt / f"step_{step}").mkdir(parents=True, exist_ok=True)
+        (ckpt / f"step_{step}" / "state.json").write_text(json.dumps({"step": step, "allreduce": t.item()}))
+    dist.barrier()
+    if stop:
+        print(f"preempted at step {step} by {flag.reason}: saved", flush=True)
+        dist.destroy_process_group()
+        flag.exit_for_requeue(step)
+dist.destroy_process_group()
+print(f"rank {rank} finished", flush=True)
+'''
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def slurm_conf() -> str:
+    """Bring the local SLURM up (idempotent, fast when up) and return SLURM_CONF; FAIL if impossible."""
+    proc = subprocess.run(["bash", str(REPO / "slurm/local/slurm_up.sh")], capture_output=True, text=True,
+                          timeout=300)
+    reason = SLURM_DIR / "unavailable.txt"
+    if reason.exists():
+        pytest.fail(f"SLURM is not available on this machine: {reason.read_text().strip()}")
+    match = re.search(r"export SLURM_CONF=(\S+)", proc.stdout)
+    assert proc.returncode == 0 and match, f"slurm_up.sh failed:\n{proc.stdout}\n{proc.stderr}"
+    return match.group(1)
+
+
+def job_env(slurm_conf: str, **extra: str) -> dict[str, str]:
+    """The environment sbatch exports to the job: no stray SLURM_* of an outer job, our venv first."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
+    env.update(SLURM_CONF=slurm_conf, PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+               PYTHON=sys.executable, MEGATRON_GRPO_ROOT=str(REPO), RAY_AUTH_MODE="disabled")
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def job_config(tmp_path) -> Path:
+    """configs/tiny_cpu.yaml pointed at a tiny model config, data files and a sandbox in tmp_path."""
+    from transformers import Qwen3Config
+
+    Qwen3Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16).save_pretrained(tmp_path / "model")
+    (tmp_path / "data").mkdir()
+    for name in ("train", "validation"):
+        (tmp_path / "data" / f"{name}.jsonl").write_text("{}\n")
+    (tmp_path / "sandbox" / "processed").mkdir(parents=True)
+    cfg = yaml.safe_load((REPO / "configs/tiny_cpu.yaml").read_text())
+    cfg["policy"]["model_name"] = str(tmp_path / "model")
+    cfg["data"] = {"train_path": str(tmp_path / "data/train.jsonl"),
+                   "validation_path": str(tmp_path / "data/validation.jsonl")}
+    cfg["env"]["data_dir"] = str(tmp_path / "sandbox")
+    cfg["logger"]["log_dir"] = str(tmp_path / "results/exp/logs")
+    cfg["checkpointing"].update(checkpoint_dir=str(tmp_path / "results/exp/checkpoints"), resume="auto",
+                                save_period=2)
+    cfg["grpo"]["max_num_steps"] = 4
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def train_cmd(tmp_path: Path) -> str:
+    if TRAIN_CMD is not None:
+        return TRAIN_CMD
+    payload = tmp_path / "payload.py"
+    payload.write_text(PAYLOAD)
+    return f"{sys.executable} {payload}"
+
+
+def sbatch(env: dict[str, str], tmp_path: Path, *args: str) -> str:
+    cmd = ["sbatch", "--parsable", "--gpus-per-node=0", "--ntasks-per-node=2",
+           f"--output={tmp_path}/slurm-%j.out", "slurm/grpo_1node.sh", *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().split(";")[0]
+
+
+def job_info(env: dict[str, str], job_id: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], env=env, capture_output=True, text=True,
+                         timeout=30).stdout
+    return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+
+
+def wait_job(env: dict[str, str], job_id: str, timeout_s: float) -> dict[str, str]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        info = job_info(env, job_id)
+        if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            return info
+        if time.monotonic() > deadline:
+            subprocess.run(["scancel", job_id], env=env, check=False)
+            pytest.fail(f"job {job_id} still {info.get('JobState')} after {timeout_s} s")
+        time.sleep(0.5)
+
+
+def wait_for_text(path: Path, pattern: str, timeout_s: float) -> re.Match:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and (m := re.search(pattern, path.read_text(), re.M)):
+            return m
+        time.sleep(0.3)
+    pytest.fail(f"{pattern!r} not in {path} after {timeout_s} s:\n{path.read_text() if path.exists() else '-'}")
+
+
+def leftover_ray(tag: str) -> list[str]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if tag in cmd:
+            out.append(f"{p.pid} {cmd[:120]}")
+    return out
+
+
+def steps_logged(log: str, rank: int) -> list[int]:
+    return [int(s) for s in re.findall(rf"^{rank}: step (\d+) allreduce 3 world 2$", log, re.M)]
+
+
+# ----------------------------------------------------------------------------- sbatch
+
+
+@pytest.mark.slow
+def test_sbatch_1node_two_gloo_ranks_with_ray(slurm_conf, job_config, tmp_path):
+    env = job_env(slurm_conf, TRAIN_CMD=train_cmd(tmp_path))
+    job = sbatch(env, tmp_path, str(job_config))
+    info = wait_job(env, job, 240)
+    log_dir = tmp_path / "results/exp/logs"
+    log = (log_dir / f"job-{job}.log").read_text()
+    assert info["JobState"] == "COMPLETED", log
+    assert "preflight: all checks passed" in log
+    # both srun ranks took part in every all-reduce (1 + 2 = 3 on each rank) and ran all steps
+    assert steps_logged(log, 0) == steps_logged(log, 1) == [1, 2, 3, 4]
+    assert sorted(p.name for p in (tmp_path / "results/exp/checkpoints").iterdir()) == ["step_2", "step_4"]
+    # the job's Ray head answered a remote task and is the only node; it is gone after the job
+    ray_result = json.loads((log_dir / "ray_result.json").read_text())
+    assert ray_result == {"answer": 42, "nodes": [socket.gethostname().split(".")[0]]}
+    assert "stopped" in (log_dir / f"ray-head-{job}.log").read_text()
+    assert leftover_ray(f"ray_mg_{job}") == []
+
+
+@pytest.mark.slow
+def test_requeue_after_usr1_resumes_at_saved_step(slurm_conf, job_config, tmp_path):
+    env = job_env(slurm_conf, TRAIN_CMD=train_cmd(tmp_path), RAY="0", PAYLOAD_STEP_S="1")
+    job = sbatch(env, tmp_path, str(job_config), "grpo.max_num_steps=6")
+    log_path = tmp_path / f"results/exp/logs/job-{job}.log"
+    wait_for_text(log_path, r"^0: step 2 ", 120)
+    subprocess.run(["scancel", "--signal=USR1", job], env=env, check=True)
+    info = wait_job(env, job, 240)
+    log = log_path.read_text()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", log
+    saved = int(re.search(r"^0: preempted at step (\d+) by SIGUSR1: saved$", log, re.M).group(1))
+    assert f"Exited with exit code {PREEMPT_EXIT_CODE}" in log or "ranks saved and exited" in log
+    assert f"requeue job {job}" in log
+    assert re.search(rf"^0: rank 0/2 resume at step {saved + 1} restart 1$", log, re.M), log
+    assert (tmp_path / f"results/exp/checkpoints/step_{saved}").is_dir()
+    assert steps_logged(log, 0) == list(range(1, saved + 1)) + list(range(saved + 1, 7))
+    assert (tmp_path / f"results/exp/logs/preempted-{job}-r0").exists()
+
+
+@pytest.mark.slow
+def test_one_rank_dying_fails_the_job_fast(slurm_conf, job_config, tmp_path):
+    # rank 1 dies at once, rank 0 would run for 5 minutes: srun --kill-on-bad-exit must stop it
+    cmd = "bash -c 'if [ $RANK = 1 ]; then exit 3; fi; sleep 300' rank"
+    env = job_env(slurm_conf, TRAIN_CMD=cmd, RAY="0")
+    start = time.monotonic()
+    job = sbatch(env, tmp_path, str(job_config))
+    info = wait_job(env, job, 90)
+    log = (tmp_path / f"results/exp/logs/job-{job}.log").read_text()
+    assert info["JobState"] == "FAILED", log
+    assert time.monotonic() - start < 60
+    assert "trainer exited with" in log
+
+
+@pytest.mark.slow
+def test_preflight_failure_stops_job_before_launch(slurm_conf, job_config, tmp_path):
+    env = job_env(slurm_conf, TRAIN_CMD=train_cmd(tmp_path))
+    job = sbatch(env, tmp_path, str(job_config), "policy.tensor_model_parallel_size=4")
+    info = wait_job(env, job, 90)
+    log = (tmp_path / f"results/exp/logs/job-{job}.log").read_text()
+    assert info["JobState"] == "FAILED"
+    assert "FAIL  layout" in log and "preflight failed" in log
+    assert "launching" not in log and "Ray head" not in log
+
+
+def test_ray_wait_names_unreachable_head():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        rc = subprocess.run([sys.executable, "-m", "megatron_grpo.launch", "ray-wait", "--address",
+                             f"127.0.0.1:{port}", "--nodes", "headnode,node2", "--timeout", "1"],
+                            capture_output=True, text=True, timeout=60)
+    assert rc.returncode == 1
+    assert "headnode did not start Ray" in rc.stderr
+
+
+def test_ray_start_argv_ports_do_not_overlap_between_jobs():
+    a, b = launch.default_ray_port(1001), launch.default_ray_port(1002)
+    assert abs(a - b) >= 8 and a < 9000 and b < 9000
+    head = launch.ray_start_argv("head", "10.0.0.1", a, "n1", temp_dir="/tmp/x")
+    worker = launch.ray_start_argv("worker", "10.0.0.1", a, "n2")
+    assert "--head" in head and f"--port={a}" in head and "--num-gpus=0" in head
+    assert f"--address=10.0.0.1:{a}" in worker and "--head" not in worker
+    used = {int(x.split("=")[1]) for x in head if x.split("=")[0].endswith("port")}
+    assert used == set(range(a, a + 8))
+
+
+# ----------------------------------------------------------------------------- submitit
+
+
+@pytest.mark.slow
+def test_submitit_slurm_executor(slurm_conf, job_config, tmp_path, monkeypatch):
+    for key in list(os.environ):
+        if key.startswith(("SLURM_", "SBATCH_", "SRUN_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_CONF", slurm_conf)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+    job = launch.submit(job_config, ["grpo.max_num_steps=3"], nodes=1, gpus_per_node=0, ntasks_per_node=2,
+                        cluster="slurm", time_min=10, train_cmd=train_cmd(tmp_path).split(), ray=True,
+                        ray_join_timeout_s=120, folder=tmp_path / "submitit")
+    assert job.results() == [0, 0]
+    out = "".join(Path(p).read_text() for p in sorted((tmp_path / "submitit").glob(f"{job.job_id}_*_log.out")))
+    assert re.findall(r"step 3 allreduce 3 world 2", out) and len(re.findall(r"step 3 allreduce 3", out)) == 2
+    ray_result = json.loads((tmp_path / "results/exp/logs/ray_result.json").read_text())
+    assert ray_result["answer"] == 42
+    assert (tmp_path / "results/exp/checkpoints/step_3").is_dir()
+    assert leftover_ray(f"ray_mg_{job.job_id}") == []
+
+
+@pytest.mark.slow
+def test_submitit_local_executor(job_config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    job = launch.submit(job_config, ["grpo.max_num_steps=2"], nodes=1, gpus_per_node=0, ntasks_per_node=2,
+                        cluster="local", time_min=10, train_cmd=train_cmd(tmp_path).split(), ray=False,
+                        folder=tmp_path / "submitit")
+    assert job.results() == [0, 0]
+    assert (tmp_path / "results/exp/checkpoints/step_2").is_dir()
+
+
+def test_submit_refuses_a_config_that_fails_preflight(job_config, tmp_path):
+    with pytest.raises(launch.PreflightFailed, match="layout"):
+        launch.submit(job_config, ["policy.tensor_model_parallel_size=4"], nodes=1, gpus_per_node=0,
+                      ntasks_per_node=2, cluster="local", folder=tmp_path / "submitit")
