@@ -10,7 +10,7 @@ Environment read (first match wins):
   SLURM (srun)       SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR defaults to the
                      first host of SLURM_JOB_NODELIST (bracket forms like ``node[01-03,07]`` are
                      expanded) and MASTER_PORT to 15000 + SLURM_JOB_ID % 20000
-  nothing set        a single process (rank 0 of 1) on 127.0.0.1 and a fixed port
+  nothing set        a single process (rank 0 of 1) on 127.0.0.1 and a free port
 
 Backend: nccl when CUDA is available (device = LOCAL_RANK), gloo otherwise (with the CPU
 patches of ``cpu_compat`` applied).
@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -138,6 +139,8 @@ def read_launch_env(environ: dict[str, str] | None = None) -> LaunchEnv:
         port = int(env["MASTER_PORT"])
     elif source == "slurm" and env.get("SLURM_JOB_ID", "").isdigit():
         port = 15000 + int(env["SLURM_JOB_ID"]) % 20000
+    elif source == "single":
+        port = 0  # init_distributed picks a free port: nothing else rendezvous with this process
     else:
         port = 29500
     if not 0 <= rank < world:
@@ -224,9 +227,10 @@ def init_distributed(
         cpu_compat.apply()
     backend = "nccl" if use_cuda else "gloo"
     if not dist.is_initialized():
+        port = launch.master_port or _free_port()
         dist.init_process_group(
             backend=backend,
-            init_method=f"tcp://{_url_host(launch.master_addr)}:{launch.master_port}",
+            init_method=f"tcp://{_url_host(launch.master_addr)}:{port}",
             rank=launch.rank,
             world_size=launch.world_size,
             timeout=datetime.timedelta(seconds=timeout_s),
@@ -252,6 +256,12 @@ def init_distributed(
         backend=backend,
     )
     return _layout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _url_host(addr: str) -> str:

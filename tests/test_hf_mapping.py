@@ -57,7 +57,8 @@ def checkpoints(tmp_path_factory):
     cfg = json.loads((extra / "config.json").read_text())
     cfg["num_hidden_layers"] = 1
     (extra / "config.json").write_text(json.dumps(cfg))
-    return dict(untied=untied, tied=tied, bad_shape=str(bad), extra_layer=str(extra), out=str(root / "export"))
+    return dict(untied=untied, tied=tied, bad_shape=str(bad), extra_layer=str(extra), out=str(root / "export"),
+                step=str(root / "step_3"), converted=str(root / "converted"))
 
 
 def _build(path: str, tp: int, pp: int):
@@ -86,6 +87,27 @@ def _error(fn) -> str:
     return "no error"
 
 
+def _write_training_checkpoint(model, step_dir: str, hf_dir: str) -> None:
+    """The model part of a trainer checkpoint (checkpoint.py's layout), written at this TP x PP."""
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+
+    if dist.get_rank() == 0:
+        Path(step_dir, "model_optim").mkdir(parents=True)
+        cfg = json.loads(Path(hf_dir, "config.json").read_text())
+        run_config = {"hf_config": cfg, "tokenizer_dir": hf_dir, "params_dtype": "float32"}
+        Path(step_dir, "run_config.json").write_text(json.dumps(run_config))
+    dist.barrier()
+    dist_checkpointing.save({"model": model.sharded_state_dict()}, str(Path(step_dir, "model_optim")),
+                            sharded_strategy=("torch_dist", 1))
+
+
+def _convert(step_dir: str, out: str) -> int:
+    from megatron_grpo.convert import main
+
+    return main([step_dir, "--out", out, "--max-shard-size", "40KB"])
+
+
 def _mapping_checks(ck: dict[str, str]):
     from megatron_grpo.distributed import destroy_distributed, init_distributed
     from megatron_grpo.models.hf_mapping import load_hf_checkpoint, save_hf_checkpoint
@@ -96,6 +118,7 @@ def _mapping_checks(ck: dict[str, str]):
     load_hf_checkpoint(model, ck["untied"])
     res["stream_tp2"] = _stream(model)
     save_hf_checkpoint(model, ck["out"], ck["untied"], tokenizer_dir=ck["untied"], max_shard_bytes=50_000)
+    _write_training_checkpoint(model, ck["step"], ck["untied"])
     res["bad_shape"] = _error(lambda: load_hf_checkpoint(_build(ck["bad_shape"], 2, 1), ck["bad_shape"]))
     res["extra_layer"] = _error(lambda: load_hf_checkpoint(_build(ck["extra_layer"], 2, 1), ck["extra_layer"]))
     destroy_distributed(keep_process_group=True)
@@ -111,6 +134,16 @@ def _mapping_checks(ck: dict[str, str]):
 @pytest.fixture(scope="module")
 def results(checkpoints):
     return run_distributed(_mapping_checks, 2, checkpoints)
+
+
+def _same_logits(dir_a: str, dir_b: str) -> bool:
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(2, VOCAB, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = AutoModelForCausalLM.from_pretrained(dir_a, dtype=torch.float32)(input_ids=ids).logits
+        b = AutoModelForCausalLM.from_pretrained(dir_b)(input_ids=ids).logits
+    return b.dtype == torch.float32 and torch.equal(a, b)
 
 
 @pytest.mark.parametrize("key,kind", [("stream_tp2", "untied"), ("stream_pp2_untied", "untied"),
@@ -131,7 +164,7 @@ def test_refit_stream_is_the_hf_state_dict(results, checkpoints, key, kind):
 
 
 def test_round_trip_through_tp2_gives_identical_hf_folder(results, checkpoints):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     out = Path(checkpoints["out"])
     index = json.loads((out / "model.safetensors.index.json").read_text())
@@ -140,13 +173,19 @@ def test_round_trip_through_tp2_gives_identical_hf_folder(results, checkpoints):
     src, dst = _hf_tensors(checkpoints["untied"]), _hf_tensors(out)
     assert sorted(src) == sorted(dst)
     assert all(torch.equal(src[k], dst[k]) for k in src)
-    ids = torch.randint(2, VOCAB, (2, 10), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        a = AutoModelForCausalLM.from_pretrained(checkpoints["untied"], dtype=torch.float32)(input_ids=ids).logits
-        b = AutoModelForCausalLM.from_pretrained(str(out))(input_ids=ids).logits
-    assert b.dtype == torch.float32 and torch.equal(a, b)
+    assert _same_logits(checkpoints["untied"], str(out))
     tok = AutoTokenizer.from_pretrained(str(out))
     assert tok.decode(tok("hello world")["input_ids"]) == "hello world"
+
+
+def test_convert_to_hf_from_a_tp2_training_checkpoint(results, checkpoints):
+    """HF -> Megatron TP=2 -> dist checkpoint -> `convert-to-hf` on one process -> transformers."""
+    assert run_distributed(_convert, 1, checkpoints["step"], checkpoints["converted"]) == [0]
+    out = Path(checkpoints["converted"])
+    assert len(list(out.glob("model-*.safetensors"))) > 1 and (out / "tokenizer.json").exists()
+    src, dst = _hf_tensors(checkpoints["untied"]), _hf_tensors(out)
+    assert sorted(src) == sorted(dst) and all(torch.equal(src[k], dst[k]) for k in src)
+    assert _same_logits(checkpoints["untied"], str(out))
 
 
 def test_load_errors_name_the_tensor(results):
