@@ -71,12 +71,12 @@ def test_loss(logprobs: torch.Tensor, mb: dict[str, torch.Tensor]):
 test_loss.__test__ = False  # a loss function, not a pytest test
 
 
-def hf_reference(hf_dir: str, batch: dict[str, torch.Tensor]) -> dict:
+def hf_reference(hf_dir: str, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> dict:
     """logprobs, loss, grad norm and the stepped weights from transformers + torch AdamW."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
-    logits = model(input_ids=batch["input_ids"]).logits.float()
+    logits = model(input_ids=batch["input_ids"]).logits.float() / temperature
     logp = torch.zeros(batch["input_ids"].shape)
     logp[:, 1:] = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
     logp = logp * batch["mask"]
@@ -129,6 +129,10 @@ def _run_layout(tp: int, pp: int, variants: list[dict], check_errors: bool):
     for v in variants:
         cfg = policy_config(tp, pp, mbs=v["mbs"], distopt=v.get("distopt", False), sp=v.get("sp", False))
         policy = MegatronPolicy(cfg, layout, v["hf_dir"])
+        if "logprobs_t07" not in out:
+            policy.temperature = 0.7  # logits / temperature, as the sampler saw them
+            out["logprobs_t07"] = policy.logprobs(batch["input_ids"], batch["lengths"])
+            policy.temperature = 1.0
         res = {
             "weights_before": hf_weights(policy),
             "logprobs_odd": policy.logprobs(odd["input_ids"], odd["lengths"]),
@@ -137,6 +141,7 @@ def _run_layout(tp: int, pp: int, variants: list[dict], check_errors: bool):
         }
         res["weights"] = hf_weights(policy)
         out["variants"].append(res)
+    out["token_logprobs"] = _token_logprobs_on_random_shards()
     if check_errors:
         errors = {}
         for name, bad in _bad_inputs(batch, policy.cfg.max_total_sequence_length).items():
@@ -147,6 +152,26 @@ def _run_layout(tp: int, pp: int, variants: list[dict], check_errors: bool):
                 errors[name] = str(exc)
         out["errors"] = errors
     return out
+
+
+def _token_logprobs_on_random_shards() -> dict[str, float]:
+    """token_logprobs on this rank's vocab shard vs log_softmax of the gathered logits; the caller's
+    logits must survive (vocab_parallel_cross_entropy works in place)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from megatron_grpo.policy import token_logprobs
+
+    tp, rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
+    full = torch.randn((2, 6, 10 * tp), generator=torch.Generator().manual_seed(7)) * 3
+    ids = torch.randint(0, 10 * tp, (2, 6), generator=torch.Generator().manual_seed(8))
+    local = full[..., rank * 10 : (rank + 1) * 10].clone()
+    before = local.clone()
+    logp = token_logprobs(local, ids, temperature=2.0)
+    ref = torch.zeros_like(logp)
+    ref[:, 1:] = torch.log_softmax(full / 2.0, -1)[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+    dist.barrier()
+    return {"err": float((logp - ref).abs().max()), "logits_changed": float((local - before).abs().max())}
 
 
 def _bad_inputs(batch: dict[str, torch.Tensor], max_len: int) -> dict[str, dict]:
@@ -199,6 +224,10 @@ def test_tp2_matches_transformers_and_errors_name_the_fix(hf_dir, hf_dir_tied):
                 {"hf_dir": hf_dir_tied, "mbs": 2}]
     results = run_distributed(_run_layout, 2, 2, 1, variants, True)
     _check_against_reference(results, variants)
+    ref_t = hf_reference(hf_dir, make_batch(4), temperature=0.7)["logprobs"]
+    for r in results:
+        assert float((r["logprobs_t07"] - ref_t).abs().max()) < 1e-5
+        assert r["token_logprobs"]["err"] < 1e-5 and r["token_logprobs"]["logits_changed"] == 0.0
     errors = results[0]["errors"]
     assert "policy.max_total_sequence_length=64" in errors["too_long"]
     assert "not divisible by data-parallel size 1 x policy.train_micro_batch_size 2" in errors["indivisible"]
