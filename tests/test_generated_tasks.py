@@ -203,6 +203,13 @@ def test_cli_is_byte_identical_for_a_seed(tmp_path):
         assert (runs[0] / split).read_bytes() == (runs[1] / split).read_bytes()
         assert (runs[0] / split).read_bytes() != (runs[2] / split).read_bytes()
     assert main(["--n", "50", "--out", str(tmp_path / "d"), "--holdout-templates", "999", "--data-dir", DATA]) == 2
+    assert main(["--n", "5", "--out", str(tmp_path / "e"), "--templates", "email.nope", "--data-dir", DATA]) == 2
+    assert main(["--list-templates"]) == 0
+    subset = ["--templates", "email.send_email,analytics.plot_month", "--data-dir", DATA]
+    assert main(["--n", "40", "--out", str(tmp_path / "f"), *subset]) == 0
+    rows = (tmp_path / "f" / "train.jsonl").read_text().splitlines()
+    rows += (tmp_path / "f" / "validation.jsonl").read_text().splitlines()
+    assert len(rows) == 40 and {json.loads(r)["template"] for r in rows} == {"email.send_email", "analytics.plot_month"}
 
 
 def test_output_does_not_depend_on_the_hash_seed(tasks):

@@ -122,8 +122,7 @@ def histograms_two(rng: random.Random, sb: Sandbox) -> Draft | None:
         "Make {kind_text}s of {first_text} and then {second_text} from {start} to {end}",
         "I need two {kind_text}s covering {start} to {end}: one of {first_text}, then one of {second_text}.",
         "From {start} to {end}, plot {first_text} as a {kind_text} and then {second_text} as another {kind_text}.",
-        "From {start} to {end}, plot {first_text} as a {kind_text} and then {second_text} as another "
-        "{kind_text}.",
+        "From {start} to {end}, plot {first_text} as a {kind_text} and then {second_text} as another {kind_text}.",
     ),
     writes=("analytics_create_plot",),
 )
@@ -188,8 +187,7 @@ def line_if_any_day(rng: random.Random, sb: Sandbox) -> Draft | None:
         "Which traffic source brought the {rank_visits} visits between {start} and {end}? Plot its visits as a "
         "line chart for that period.",
         "Plot, as a line chart, visits from whichever traffic source was the {rank} popular between {start} and {end}.",
-        "Plot, as a line chart, visits from whichever traffic source was the {rank} popular between {start} "
-        "and {end}.",
+        "Plot, as a line chart, visits from whichever traffic source was the {rank} popular between {start} and {end}.",
     ),
     writes=("analytics_create_plot",),
 )

@@ -401,8 +401,7 @@ def move_to_time(rng: random.Random, sb: Sandbox) -> Draft | None:
         "If my first meeting on {date} is shorter than {limit} minutes, extend it to {limit} minutes",
         "Check my first event on {date}: if it's under {limit} minutes long, make it {limit} minutes.",
         "Make sure my first meeting on {date} lasts at least {limit} minutes - extend it to {limit} if it is shorter.",
-        "Make sure my first meeting on {date} lasts at least {limit} minutes - extend it to {limit} if it is "
-        "shorter.",
+        "Make sure my first meeting on {date} lasts at least {limit} minutes - extend it to {limit} if it is shorter.",
     ),
     writes=("calendar_update_event",),
     conditional=True,

@@ -222,8 +222,7 @@ def reassign_qualified_or_proposal(rng: random.Random, sb: Sandbox) -> Draft | N
         "Delete all of {rep}'s customers that are in the {status} stage and interested in {product} in the crm",
         "We no longer need to keep {rep}'s {status} customers interested in {product}. Delete them from the crm.",
         "Remove from the crm all customers assigned to {rep} with status {status} and product interest {product}.",
-        "Remove from the crm all customers assigned to {rep} with status {status} and product interest "
-        "{product}.",
+        "Remove from the crm all customers assigned to {rep} with status {status} and product interest {product}.",
     ),
     writes=("customer_relationship_manager_delete_customer",),
     conditional=True,

@@ -306,8 +306,7 @@ def delete_oldest_about(rng: random.Random, sb: Sandbox) -> Draft | None:
         "Send {first} and {second} an email titled '{subject}' saying '{body}' - {first} first, then {second}",
         "Email {first}, then {second}, with the subject '{subject}' and the message '{body}'",
         "I need two emails sent, one to {first} and then one to {second}: subject '{subject}', message '{body}'.",
-        "I need two emails sent, one to {first} and then one to {second}: subject '{subject}', message "
-        "'{body}'.",
+        "I need two emails sent, one to {first} and then one to {second}: subject '{subject}', message '{body}'.",
     ),
     writes=("email_send_email",),
 )

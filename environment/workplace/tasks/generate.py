@@ -241,9 +241,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="megatron-grpo generate-tasks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, required=True, help="number of tasks to generate (train + validation)")
+    parser.add_argument("--n", type=int, help="number of tasks to generate (train + validation)")
     parser.add_argument("--seed", type=int, default=0, help="RNG seed; the same seed gives byte-identical files")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--out", type=Path, help="output folder")
     parser.add_argument(
         "--holdout-templates",
         type=int,
@@ -263,9 +263,19 @@ def main(argv: list[str]) -> int:
         help="cap on the share of tasks whose correct answer is to change nothing",
     )
     parser.add_argument("--data-dir", default=None, help="sandbox CSV folder (default: the environment's)")
+    parser.add_argument("--templates", default=None, help="comma-separated template names to use (default: all)")
+    parser.add_argument("--list-templates", action="store_true", help="print the template names and exit")
     args = parser.parse_args(argv)
+    if args.list_templates:
+        for t in templates_by_name():
+            kind = "conditional" if t.conditional else "direct"
+            print(f"{t.name:60s} {kind:12s} {','.join(t.writes)}")
+        return 0
+    if args.n is None or args.out is None:
+        parser.error("--n and --out are required")
     if args.n <= 0:
         parser.error(f"--n must be positive, got {args.n}")
+    names = [n.strip() for n in args.templates.split(",") if n.strip()] if args.templates else None
 
     tty = sys.stderr.isatty()
     step = 500 if tty else max(1, args.n // 10)
@@ -277,7 +287,7 @@ def main(argv: list[str]) -> int:
 
     try:
         tasks, report = generate_with_report(
-            args.n, args.seed, args.data_dir, None, args.max_empty_share, progress=show
+            args.n, args.seed, args.data_dir, names, args.max_empty_share, progress=show
         )
         train, validation, held = split_tasks(tasks, args.validation_fraction, args.holdout_templates, args.seed)
     except (ValueError, FileNotFoundError) as e:

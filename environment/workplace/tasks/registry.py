@@ -32,5 +32,8 @@ def templates_by_name(names: list[str] | None = None) -> tuple[Template, ...]:
     known = {t.name: t for t in templates}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown template names {unknown}; known: {sorted(known)}")
+        raise ValueError(
+            f"unknown template names {unknown}; `megatron-grpo generate-tasks --list-templates` lists the "
+            f"{len(known)} known ones"
+        )
     return tuple(known[n] for n in names)
