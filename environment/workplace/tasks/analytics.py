@@ -7,6 +7,7 @@ today") so the answer's time_min/time_max are not a guess; the sandbox's data ru
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import date, timedelta
 
@@ -144,8 +145,11 @@ def two_metrics_range(rng: random.Random, sb: Sandbox) -> Draft | None:
 
 
 def threshold_in_range(rng: random.Random, values: list[float]) -> int:
-    """A whole-number threshold inside the observed range, so both outcomes occur across draws."""
-    return round(rng.uniform(min(values), max(values)))
+    """A whole number strictly between the smallest and largest observed value (so "more than" and "less
+    than" can each be true or false across draws, never trivially false), or the rounded minimum when
+    no whole number lies strictly between them."""
+    low, high = math.floor(min(values)) + 1, math.ceil(max(values)) - 1
+    return rng.randint(low, high) if low <= high else round(min(values))
 
 
 @template(
