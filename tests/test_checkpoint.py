@@ -178,10 +178,9 @@ def _max_diff(a, b) -> float:
 
 
 def _save_load_resume(hf_dir: str, ckpt_dir: str, distopt: bool) -> dict:
-    from megatron_grpo.models.hf_mapping import iter_hf_weights
-
     from megatron_grpo.checkpoint import build_model_for_export, load_checkpoint, save_checkpoint
     from megatron_grpo.distributed import init_distributed
+    from megatron_grpo.models.hf_mapping import iter_hf_weights
     from megatron_grpo.policy import MegatronPolicy
 
     layout = init_distributed(tp=1)
@@ -211,6 +210,7 @@ def _save_load_resume(hf_dir: str, ckpt_dir: str, distopt: bool) -> dict:
     resumed = fresh.train_step(_batch(1), _loss)
     out["step2"], out["resumed"] = step2, resumed
     out["weights2_diff"] = _max_diff(_weights(fresh), w2)
+    out["weights2"] = w2
     model, hf_config = build_model_for_export(path)
     exported = {n: t.clone() for bucket in iter_hf_weights(model, 1 << 16) for n, t in bucket}
     out["export_diff"] = _max_diff(exported, w1)
@@ -236,6 +236,38 @@ def test_save_load_resume_dp2_distributed_optimizer(hf_dir, tmp_path):
     run_config = json.loads((Path(results[0]["path"]) / "run_config.json").read_text())
     assert run_config["hf_config"]["vocab_size"] == VOCAB and run_config["params_dtype"] == "float32"
     assert not list((tmp_path / "ckpts").glob("*.tmp"))
+
+    # resume the DP=2 distributed-optimizer checkpoint on ONE process (dp_reshardable), and refuse
+    # a checkpoint saved at another TP size
+    (other,) = run_distributed(_resume_at_dp1, 1, hf_dir, results[0]["path"], str(tmp_path / "tp2_ckpt"))
+    assert other["step"] == 1 and not other["rng_restored"]  # RNG only restores at the same world size
+    assert other["loss"] == pytest.approx(results[0]["step2"]["loss"], abs=1e-7)
+    assert _max_diff(other["weights2"], results[0]["weights2"]) < 1e-6
+    assert "saved with TP=2 PP=1 but this run has TP=1 PP=1" in other["tp_error"]
+    assert "policy.tensor_model_parallel_size" in other["tp_error"]
+
+
+def _resume_at_dp1(hf_dir: str, step_dir: str, fake_dir: str) -> dict:
+    from megatron_grpo.checkpoint import load_checkpoint
+    from megatron_grpo.distributed import init_distributed
+    from megatron_grpo.policy import MegatronPolicy
+
+    layout = init_distributed(tp=1)
+    policy = MegatronPolicy(_config(distopt=True), layout, hf_dir)
+    info = load_checkpoint(step_dir, policy)
+    metrics = policy.train_step(_batch(1), _loss)
+    fake = Path(fake_dir)
+    fake.mkdir()
+    saved = json.loads((Path(step_dir) / "training_info.json").read_text())
+    saved["layout"]["tp"] = 2
+    (fake / "training_info.json").write_text(json.dumps(saved))
+    try:
+        load_checkpoint(fake, policy)
+        tp_error = ""
+    except CheckpointError as exc:
+        tp_error = str(exc)
+    return {"step": info["step"], "rng_restored": info["rng_restored"], "loss": metrics["loss"],
+            "weights2": _weights(policy), "tp_error": tp_error}
 
 
 # ---------------------------------------------------------------------- kill -9 during a save
