@@ -13,7 +13,8 @@ from dist_utils import run_distributed
 from megatron_grpo.models.tiny import save_tiny_qwen3
 
 VOCAB = 97
-LAYOUTS = [(1, 1), (2, 1), (1, 2)]  # (tp, pp) on the same 2 processes (TP=1 is then DP=2)
+# (tp, pp, sequence_parallel) on the same 2 processes (TP=1 is then DP=2)
+LAYOUTS = [(1, 1, False), (2, 1, False), (2, 1, True), (1, 2, False)]
 
 
 def _input_ids() -> torch.Tensor:
@@ -65,12 +66,13 @@ def _logits_in_all_layouts(model_dirs: dict[str, str], input_ids: torch.Tensor):
     from megatron_grpo.models.qwen3 import build_qwen3_model, transformer_config_from_hf
 
     results = {}
-    for tp, pp in LAYOUTS:
-        init_distributed(tp=tp, pp=pp)
+    for tp, pp, sp in LAYOUTS:
+        init_distributed(tp=tp, pp=pp, sequence_parallel=sp)
         for kind, path in model_dirs.items():
-            model = build_qwen3_model(path, transformer_config_from_hf(path, tp=tp, pp=pp)).eval()
+            config = transformer_config_from_hf(path, tp=tp, pp=pp, sequence_parallel=sp)
+            model = build_qwen3_model(path, config).eval()
             load_hf_checkpoint(model, path)
-            results[(kind, tp, pp)] = megatron_logits(model, input_ids)
+            results[(kind, tp, pp, sp)] = megatron_logits(model, input_ids)
         destroy_distributed(keep_process_group=True)
     return results
 
@@ -85,9 +87,41 @@ def test_megatron_logits_match_transformers(tiny_models):
         with torch.no_grad():
             ref = hf(input_ids=ids).logits
         assert ref.std() > 0.3  # the random model is far from uniform: a wrong mapping shows
-        for tp, pp in LAYOUTS:
-            got = [r[(kind, tp, pp)] for r in per_rank if r[(kind, tp, pp)] is not None]
-            assert got, f"no rank returned logits for {kind} TP={tp} PP={pp}"
+        for layout in LAYOUTS:
+            got = [r[(kind, *layout)] for r in per_rank if r[(kind, *layout)] is not None]
+            assert got, f"no rank returned logits for {kind} (TP, PP, SP)={layout}"
             for logits in got:
                 diff = float((logits - ref).abs().max())
-                assert diff < 1e-4, f"{kind} TP={tp} PP={pp}: max |megatron - transformers| = {diff:.2e}"
+                assert diff < 1e-4, f"{kind} (TP, PP, SP)={layout}: max |megatron - transformers| = {diff:.2e}"
+
+
+def _reference_attention(q, k, v, allowed):
+    """Plain softmax attention with GQA by repetition; q [sq,b,n,d], k/v [sk,b,g,d] -> [sq,b,n*d]."""
+    rep = q.shape[2] // k.shape[2]
+    k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+    scores = torch.einsum("qbnd,kbnd->bnqk", q, k) / q.shape[-1] ** 0.5
+    probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    out = torch.einsum("bnqk,kbnd->qbnd", probs, v)
+    return out.reshape(q.shape[0], q.shape[1], -1)
+
+
+def test_sdpa_core_attention_masks():
+    from megatron.core.transformer import TransformerConfig
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from megatron_grpo.models.qwen3 import SDPAttention
+
+    cfg = TransformerConfig(num_layers=1, hidden_size=32, num_attention_heads=4, num_query_groups=2)
+    attn = SDPAttention(cfg, 1, AttnMaskType.causal, "self").eval()
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(7, 2, 4, 8, generator=g)
+    k, v = torch.randn(7, 2, 2, 8, generator=g), torch.randn(7, 2, 2, 8, generator=g)
+    causal = torch.ones(7, 7, dtype=torch.bool).tril()
+    torch.testing.assert_close(attn(q, k, v, None), _reference_attention(q, k, v, causal))
+    # decoding with a KV cache: the 3 newest queries see every key up to their own position
+    torch.testing.assert_close(attn(q[4:], k, v, None), _reference_attention(q[4:], k, v, causal[4:]))
+    # an explicit megatron mask (True = masked): block-diagonal causal, as for two packed sequences
+    block = causal.clone()
+    block[4:, :4] = False
+    got = attn(q, k, v, ~block[None, None].expand(2, 1, 7, 7))
+    torch.testing.assert_close(got, _reference_attention(q, k, v, block))
