@@ -27,15 +27,16 @@ EPISODES, CALLS_PER_EPISODE = 100, 100  # 10k calls
 def test_ten_thousand_calls_never_raise():
     env = WorkplaceEnv(DATA_DIR)
     gen = CallGenerator(DATA_DIR, random.Random(1234))
-    for _ in range(EPISODES):
+    for episode in range(EPISODES):
         env.reset()
         for _ in range(CALLS_PER_EPISODE):
             name, arguments = gen.call()
             body = json.loads(env.call(name, arguments))
             assert set(body) <= {"output", "error", "detail"} and len(body) == 1
-        half = len(env.calls) // 2
-        assert verify_calls(env.calls[:half], env.calls[half:], DATA_DIR) in (0.0, 1.0)
-        assert env.verify(env.calls) == 1.0
+        if episode % 10 == 0:  # replaying costs as much as the calls themselves
+            half = len(env.calls) // 2
+            assert verify_calls(env.calls[:half], env.calls[half:], DATA_DIR) in (0.0, 1.0)
+            assert env.verify(env.calls) == 1.0
 
 
 @pytest.mark.slow

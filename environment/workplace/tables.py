@@ -20,7 +20,7 @@ starting an episode costs a few object allocations.
 import csv
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ class BaseTables:
     project_tasks: BaseTable
     crm: BaseTable
     directory: tuple[str, ...]  # raw/email_addresses.csv, one address per line, no header
+    derived: dict = field(default_factory=dict, compare=False, repr=False)  # lazily built read-only indexes
 
 
 def _read_csv(path: Path) -> BaseTable:

@@ -219,10 +219,17 @@ def _dateutil(text: str, default: dt.datetime) -> Stamp:
 
 
 def _parse_string(text: str) -> "Stamp | _NaT":
-    if text in _NAT_STRINGS:
-        return NAT
     if text == "now" or text == "today":
         return Stamp(dt.datetime.now())
+    if ":" in text[1:3] and _looks_like_time(text):  # a bare time means today: not cacheable
+        return _dateutil(text, dt.datetime.now().replace(hour=0, minute=0, second=0, microsecond=0))
+    return _parse_dated_string(text)
+
+
+@functools.lru_cache(maxsize=16384)
+def _parse_dated_string(text: str) -> "Stamp | _NaT":
+    if text in _NAT_STRINGS:
+        return NAT
     stamp = _parse_iso(text)
     if stamp is not None:
         return stamp
@@ -231,8 +238,6 @@ def _parse_string(text: str) -> "Stamp | _NaT":
         return _BeforeYearOne((-int(negative[1]), int(negative[2] or 1), int(negative[3] or 1)))
     if not _looks_like_datetime(text):
         raise ValueError(f'Given date string "{text}" not likely a datetime')
-    if _looks_like_time(text):
-        return _dateutil(text, dt.datetime.now().replace(hour=0, minute=0, second=0, microsecond=0))
     quarter = re.fullmatch(r"(\d{4})[Qq]([1-4])", text)
     if quarter:
         return Stamp(dt.datetime(int(quarter[1]), 3 * int(quarter[2]) - 2, 1))

@@ -24,6 +24,13 @@ class EmailTool:
     def __init__(self, state: EpisodeState):
         self._state = state
 
+    def _texts(self) -> dict[int, str]:
+        """Lower-cased search text of the sandbox's own rows (never mutated), by row identity."""
+        derived = self._state.base.derived
+        if "email_text" not in derived:
+            derived["email_text"] = {id(row): _searchable_text(row) for row in self._state.base.emails.rows}
+        return derived["email_text"]
+
     def _ids(self) -> list:
         return [row["email_id"] for row in self._state.emails.rows]
 
@@ -53,10 +60,11 @@ class EmailTool:
     def search_emails(self, query="", date_min=None, date_max=None, page=1, page_size=5):
         try:
             words = query.lower().split()
+            texts = self._texts()
             rows = [
                 row
                 for row in self._state.emails.rows
-                if all(word in _searchable_text(row) for word in words)
+                if all(word in (texts.get(id(row)) or _searchable_text(row)) for word in words)
             ]
             order = sort_desc_stable_like_numpy([row["sent_datetime"] for row in rows])
             emails = [rows[i] for i in order]
