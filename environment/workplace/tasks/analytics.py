@@ -7,7 +7,6 @@ today") so the answer's time_min/time_max are not a guess; the sandbox's data ru
 
 from __future__ import annotations
 
-import math
 import random
 from datetime import date, timedelta
 
@@ -144,12 +143,15 @@ def two_metrics_range(rng: random.Random, sb: Sandbox) -> Draft | None:
     return Draft(params, [_plot(start, end, first, kind), _plot(start, end, second, kind)])
 
 
-def threshold_in_range(rng: random.Random, values: list[float]) -> int:
-    """A whole number strictly between the smallest and largest observed value (so "more than" and "less
-    than" can each be true or false across draws, never trivially false), or the rounded minimum when
-    no whole number lies strictly between them."""
-    low, high = math.floor(min(values)) + 1, math.ceil(max(values)) - 1
-    return rng.randint(low, high) if low <= high else round(min(values))
+def threshold_near_extreme(rng: random.Random, values: list[float], more: bool) -> int:
+    """A whole-number threshold within 2 of the window's largest (``more``) or smallest value, at least 1.
+
+    "Was X more than T on any day" is then true or false about equally often (a threshold drawn from the
+    whole range would almost always be exceeded somewhere in a long window), and never trivially false
+    like "less than 0".
+    """
+    extreme = max(values) if more else min(values)
+    return max(1, round(extreme) + rng.randint(-2, 2))
 
 
 @template(
@@ -171,8 +173,8 @@ def line_if_any_day(rng: random.Random, sb: Sandbox) -> Draft | None:
     metric, metric_text = _metric(rng, ("total_visits", "user_engaged", "session_duration_seconds"))
     start, end = _range(rng, 3)
     values = list(sb.daily(metric, start, end).values())
-    threshold = threshold_in_range(rng, list(sb.daily(metric, iso(FIRST_DAY), iso(TODAY)).values()))
     more = rng.random() < 0.5
+    threshold = threshold_near_extreme(rng, values, more)
     hit = any(v > threshold for v in values) if more else any(v < threshold for v in values)
     params = {
         "metric_text": metric_text,

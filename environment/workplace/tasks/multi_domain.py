@@ -6,7 +6,7 @@ import random
 from datetime import timedelta
 
 from environment.workplace.tasks import vocab
-from environment.workplace.tasks.analytics import FIRST_DAY, threshold_in_range
+from environment.workplace.tasks.analytics import FIRST_DAY, threshold_near_extreme
 from environment.workplace.tasks.base import (
     MAX_WRITES,
     NOW,
@@ -47,8 +47,8 @@ def _metric_condition(rng: random.Random, sb: Sandbox) -> tuple[dict[str, str], 
     metric_text = vocab.METRICS[metric][0]
     since = iso(FIRST_DAY + timedelta(days=rng.randint(0, (TODAY - FIRST_DAY).days - 2)))
     values = list(sb.daily(metric, since, iso(TODAY)).values())
-    threshold = threshold_in_range(rng, list(sb.daily(metric, iso(FIRST_DAY), iso(TODAY)).values()))
     more = rng.random() < 0.5
+    threshold = threshold_near_extreme(rng, values, more)
     held = any(v > threshold for v in values) if more else any(v < threshold for v in values)
     params = {
         "metric_text": metric_text,
