@@ -155,3 +155,35 @@ def test_invalid_call_is_reported_and_episode_continues(renderer, env, samples):
         json.loads(block)
     assert output == json.dumps({"error": f"Invalid tool call arguments: {exc.value!r}"})
     assert ep.calls == [{"name": "calendar_update_event", "arguments": block}]
+
+
+def test_hf_engine_episode_logprobs_align_with_a_rescore(renderer, env, samples):
+    """With a real (tiny random) model: the per-token logprobs the loop keeps sit on the sampled ids,
+    i.e. a fresh forward over the episode's ids reproduces them where the mask is 1."""
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    from megatron_grpo.generation.hf import HFEngine
+    from megatron_grpo.models.tiny import tiny_qwen3_config
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = Qwen3ForCausalLM(tiny_qwen3_config(len(renderer.tokenizer), max_position_embeddings=2048))
+        engine = HFEngine(model.eval(), pad_token_id=renderer.tokenizer.pad_token_id)
+        sampling = SamplingParams(temperature=1.0, max_new_tokens=6, seed=0)
+        short = [{**s, "responses_create_params": {**s["responses_create_params"],
+                                                   "tools": s["responses_create_params"]["tools"][:3]}}
+                 for s in (samples[0], samples[0], samples[4])]  # short prompts: a fast CPU test
+        batch = run_episodes(engine, env, renderer, short, sampling)
+        for ep in batch.episodes:
+            assert ep.stop_reason in ("max_new_tokens", "no_tool_calls", "eos")
+            assert len(ep.token_ids) == len(ep.loss_mask) == len(ep.logprobs)
+            assert ep.loss_mask == [0] * ep.prompt_len + [1] * (len(ep.token_ids) - ep.prompt_len)
+            (scored,) = engine.score([ep.token_ids])
+            generated = [(lp, s) for lp, s, m in zip(ep.logprobs, scored, ep.loss_mask) if m]
+            assert [lp for lp, _ in generated] == pytest.approx([s for _, s in generated], abs=1e-4)
+        assert batch.episodes[0].token_ids != batch.episodes[1].token_ids  # same prompt, own samples
+    finally:
+        torch.set_num_threads(before)

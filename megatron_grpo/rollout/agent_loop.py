@@ -20,6 +20,8 @@ Semantics (../shared/reference/workplace_env.md §8), per episode:
 4. The reward is the verifier's on every call the episode made (the reference replays all
    ``function_call`` items, invalid ones fail and are skipped there as here).
 
+Sampling: a seeded ``SamplingParams`` is reproducible; each turn gets its own derived seed.
+
 Batching: all live episodes advance in lock-step; each turn is ONE ``engine.generate`` call over all
 of them, and one environment ``step`` over every episode with calls.
 
@@ -127,7 +129,7 @@ def run_episodes(
         budgets = [min(sampling.max_new_tokens, context_limit - len(episodes[i].traj)) for i in live]
         t0 = time.perf_counter()
         prompts = [episodes[i].traj.token_ids for i in live]
-        generations = engine.generate(prompts, sampling, max_new_tokens=budgets)
+        generations = engine.generate(prompts, _turn_params(sampling, step), max_new_tokens=budgets)
         _account(time.perf_counter() - t0, [episodes[i] for i in live], totals, "generation")
 
         t0 = time.perf_counter()
@@ -200,6 +202,12 @@ def run_episodes(
         for ep, reward in zip(episodes, rewards)
     ]
     return RolloutBatch(episodes=results, timing=totals)
+
+
+def _turn_params(sampling: SamplingParams, step: int) -> SamplingParams:
+    """A seeded rollout draws fresh randomness every turn (turn t: seed + t - 1 scaled by a prime),
+    instead of replaying the first turn's random stream."""
+    return sampling if sampling.seed is None else replace(sampling, seed=sampling.seed + 1_000_003 * (step - 1))
 
 
 def _account(seconds: float, episodes: Sequence[_Episode], totals: dict[str, float], key: str) -> None:
