@@ -569,5 +569,5 @@ def _move_optimizer_state(optimizer: Any, device: torch.device, *, move_main_par
             for group in inner.param_groups:
                 for p in group["params"]:
                     p.data = p.data.to(device, non_blocking=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # non_blocking copies (both directions) must land before use
