@@ -136,6 +136,18 @@ def _check_engine(hf_dir: str, tp: int, sequence_parallel: bool, full: bool) -> 
     # the stepped weights made the earlier samples more likely: the engine must see that
     res["lp_before"] = sum(sum(g.logprobs) for g in before)
     res["lp_same_tokens_after"] = sum(sum(r) for r in _policy_logprobs(policy, PROMPTS, [g.token_ids for g in before]))
+    refs_after = [_argmax_reference(policy.model, p, NEW) for p in PROMPTS]
+
+    # bucketed shapes (what CUDA graphs use): 3 prompts run as 4 rows (one filler row), the cache is
+    # reused by a later call of another size in the same bucket, results unchanged
+    bucketed = make_engine("megatron", policy=policy, pad_token_id=PAD, bucket_shapes=True)
+    greedy3 = bucketed.generate(PROMPTS[:3], SamplingParams(temperature=0.0, max_new_tokens=NEW))
+    cache3 = bucketed._cache
+    greedy4 = bucketed.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=NEW - 2))
+    res["bucket_rows"] = cache3.batch
+    res["bucket_cache_reused"] = bucketed._cache is cache3
+    res["bucketed"] = [g.token_ids for g in greedy3] + [g.token_ids for g in greedy4]
+    res["bucketed_ref"] = [r[0] for r in refs_after[:3]] + [r[0][: NEW - 2] for r in refs_after]
 
     # sleep frees the cache; generate works again after wake
     engine.sleep()
@@ -167,6 +179,8 @@ def _assert_engine_results(res: dict, full: bool) -> None:
     assert res["stop"][0][1] == "stop"  # the stop id is the 3rd greedy token of prompt 0
     assert res["refit_err"] < 1e-4
     assert res["lp_same_tokens_after"] > res["lp_before"] + 1.0
+    assert res["bucket_rows"] == 4 and res["bucket_cache_reused"]
+    assert res["bucketed"] == res["bucketed_ref"]
     assert res["cache_after_sleep"]
     assert res["greedy_after_wake"] == res["greedy_after_wake_ref"]
 

@@ -84,6 +84,9 @@ class MegatronEngine:
         max_batch_size: split a larger ``generate`` into chunks of this many prompts (bounds the cache).
         prefill_tokens: at most this many prompt tokens (rows x padded width) per prefill forward.
         cuda_graphs: capture the decode step in a CUDA graph (default: on when the model is on CUDA).
+        bucket_shapes: round the cache's rows up to a power of two and its length up to a multiple of
+            256, so that generate calls of a training run reuse a few caches / captured graphs
+            (default: as ``cuda_graphs``); else exact rows and a multiple of 64.
         offload_optimizer: ``wake()`` calls ``policy.offload_optimizer()`` and ``sleep()`` calls
             ``policy.onload_optimizer()`` (frees GPU memory for the KV cache during generation).
         sync_every: check "every row finished" on the host every this many decode steps.
@@ -98,6 +101,7 @@ class MegatronEngine:
         max_batch_size: int | None = None,
         prefill_tokens: int = 16384,
         cuda_graphs: bool | None = None,
+        bucket_shapes: bool | None = None,
         offload_optimizer: bool = False,
         sync_every: int = 16,
     ):
@@ -114,6 +118,7 @@ class MegatronEngine:
         self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
         if self.cuda_graphs and self.device.type != "cuda":
             raise ValueError("MegatronEngine(cuda_graphs=True) needs the model on a CUDA device")
+        self.bucket_shapes = self.cuda_graphs if bucket_shapes is None else bool(bucket_shapes)
         self.offload_optimizer = offload_optimizer
         self.sync_every = max(1, int(sync_every))
         self._cache: KVCache | None = None
@@ -156,15 +161,40 @@ class MegatronEngine:
         if params.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(params.seed)
         chunk = self.max_batch_size or max(1, len(prompts))
+        if prompts:
+            chunk = min(chunk, self._rows_that_fit(max(len(p) for p in prompts) + max(budgets) - 1))
         out: list[Generation] = []
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "generated_tokens": 0}
-        with sequence_parallel_off(self.model):
-            for start in range(0, len(prompts), chunk):
-                out += self._generate_batch(
-                    prompts[start : start + chunk], params, budgets[start : start + chunk], generator, stats
-                )
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with sequence_parallel_off(self.model):
+                for start in range(0, len(prompts), chunk):
+                    out += self._generate_batch(
+                        prompts[start : start + chunk], params, budgets[start : start + chunk], generator, stats
+                    )
+        finally:
+            self.model.train(was_training)
         self.last_stats = stats
         return out
+
+    def _rows_that_fit(self, need_len: int, headroom: float = 0.8) -> int:
+        """On CUDA: how many rows of KV cache fit in ``headroom`` x (free + this engine's cache) memory;
+        a batch larger than that is generated in chunks instead of failing with out-of-memory."""
+        if self.device.type != "cuda":
+            return 1 << 30
+        f = self.forward
+        _, length = self._shape_for(1, need_len)
+        elt = next(self.model.parameters()).element_size()
+        per_row = len(f.layers) * 2 * f.kv_heads * length * f.head_dim * elt
+        free, _ = torch.cuda.mem_get_info(self.device)
+        held = self._cache.nbytes() if self._cache is not None else 0
+        rows = int(headroom * (free + held) // per_row)
+        if rows < 1:
+            raise RuntimeError(f"MegatronEngine: not even one row of KV cache ({per_row / 2**30:.2f} GiB for "
+                               f"{length} tokens) fits in GPU memory; lower generation.max_new_tokens or "
+                               f"enable offload_optimizer")
+        return 1 << (rows.bit_length() - 1) if self.bucket_shapes else rows
 
     # ------------------------------------------------------------------ internals
 
@@ -216,10 +246,8 @@ class MegatronEngine:
         return sampled, raw.gather(-1, sampled[:, None]).squeeze(-1)
 
     def _shape_for(self, batch: int, need_len: int) -> tuple[int, int]:
-        """Cache (rows, length) for a batch. With CUDA graphs both are bucketed (rows to a power of two,
-        length to a multiple of 256) so that the calls of a training run reuse a few captured graphs;
-        eager decoding uses the exact row count and a multiple of 64."""
-        if self.cuda_graphs:
+        """Cache (rows, length) for a batch (see ``bucket_shapes``)."""
+        if self.bucket_shapes:
             return 1 << max(0, batch - 1).bit_length(), _round_up(need_len, 256)
         return batch, _round_up(need_len, 64)
 
