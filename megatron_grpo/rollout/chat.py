@@ -10,9 +10,9 @@ trajectory is built only by appending ids:
                                "<|im_start|>assistant\\n")                                       mask 0
     turn 2 ids      = sampled ...                                                                mask 1
 
-The tool-turn text is cut out of the tokenizer's own chat template (render a conversation with and
-without the tool messages and take the difference), so it is what the template would produce and
-needs no hand-written copy of the template. Earlier text is never re-tokenized. When the sampled ids
+The tool-turn text is cut out of the tokenizer's own chat template (render user -> assistant ->
+tool messages -> generation prompt and keep what follows the assistant's ``<|im_end|>``), so it is
+what the template would produce and needs no hand-written copy of the template. Earlier text is never re-tokenized. When the sampled ids
 are the canonical tokenization of the assistant text, the concatenation equals the tokenization of
 the fully rendered conversation (tested).
 """
@@ -125,15 +125,18 @@ class ChatRenderer:
         )
 
     def _render_tool_turn(self, outputs: list[str]) -> str:
-        base = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
-        head = self._render(base, add_generation_prompt=False)
-        tool_messages = [{"role": "tool", "content": o} for o in outputs]
-        full = self._render(base + tool_messages, add_generation_prompt=True)
-        end = head.rfind("<|im_end|>")
-        if end < 0 or not full.startswith(head[:end]):
-            raise ValueError("the chat template does not render an assistant turn ending in <|im_end|>")
-        return full[end + len("<|im_end|>") :]
-
+        # Render user -> assistant(marker) -> tools -> generation prompt and cut after the marker's
+        # <|im_end|>. Rendering the assistant as a non-final turn matters: templates that treat the
+        # last assistant message specially (Qwen3's empty <think> block) must not leak into the frame.
+        marker = "<<assistant turn 7f3a>>"
+        messages = [{"role": "user", "content": "u"}, {"role": "assistant", "content": marker}]
+        messages += [{"role": "tool", "content": o} for o in outputs]
+        full = self._render(messages, add_generation_prompt=True)
+        anchor = marker + "<|im_end|>"
+        at = full.find(anchor)
+        if at < 0:
+            raise ValueError("the chat template does not end an assistant turn with <|im_end|>")
+        return full[at + len(anchor) :]
 
 @dataclass
 class Trajectory:
