@@ -4,6 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from megatron_grpo.models.tiny_tokenizer import sample_texts, train_tiny_tokenizer
 from megatron_grpo.rollout.chat import (
@@ -37,6 +39,12 @@ def test_special_tokens_are_atomic(tokenizer):
         ids = tokenizer.encode(token, add_special_tokens=False)
         assert len(ids) == 1 and tokenizer.convert_ids_to_tokens(ids) == [token]
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=60))
+def test_byte_level_round_trip(tokenizer, text):
+    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
 
 
 def test_tool_conversion_drops_strict():
