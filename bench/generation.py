@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-batch", type=int, default=None,
                         help="batch of the decode-step comparison with megatron-core's static inference "
                              "context (default 64, tiny: 4; 0 skips it)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (--device cpu)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     prompt_len = args.prompt_len or (64 if args.tiny else 1024)
     new_tokens = args.new_tokens or (32 if args.tiny else 256)
     if device.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(args.threads)
 
     results: list[dict] = []
     info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype),
