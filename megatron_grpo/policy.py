@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
 from megatron_grpo.config import PolicyConfig
+
+if TYPE_CHECKING:
+    from megatron_grpo.distributed import ParallelLayout
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +98,7 @@ class MegatronPolicy:
     def __init__(
         self,
         cfg: PolicyConfig,
-        layout: Any,
+        layout: ParallelLayout,
         hf_dir: str,
         *,
         temperature: float = 1.0,
@@ -118,6 +121,8 @@ class MegatronPolicy:
         if cfg.precision not in ("bfloat16", "float32"):
             raise PolicyInputError(f"policy.precision must be 'bfloat16' or 'float32', got {cfg.precision!r}")
         params_dtype = torch.bfloat16 if self.bf16 else torch.float32
+        if cfg.precision == "bfloat16" and not self.bf16:
+            log.info("policy.precision=bfloat16 without CUDA: training in float32 on CPU")
 
         self.hf_config = AutoConfig.from_pretrained(self.hf_dir)
         self.config = transformer_config_from_hf(
@@ -134,7 +139,8 @@ class MegatronPolicy:
         if self.bf16:
             from megatron.core.transformer.module import Float16Module
 
-            # casts the local-spec torch norms too (they are built fp32 whatever params_dtype says)
+            # as Megatron-LM: bf16 compute with fp32 logits out; every parameter (norms included)
+            # in bf16 so that the mixed-precision optimizer maps all of them to fp32 main weights
             model = Float16Module(self.config, model)
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
@@ -185,10 +191,13 @@ class MegatronPolicy:
                 f"raise policy.max_total_sequence_length or lower generation.max_new_tokens"
             )
         vocab = int(self.hf_config.vocab_size)
-        valid = torch.arange(s)[None, :] < lengths[:, None]
+        valid = torch.arange(s, device=input_ids.device)[None, :] < lengths.to(input_ids.device)[:, None]
         ids = input_ids[valid]
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-            raise PolicyInputError(f"{what}: token id {int(ids.max())} outside the vocabulary [0, {vocab})")
+        out_of_range = ids[(ids < 0) | (ids >= vocab)]
+        if out_of_range.numel():
+            raise PolicyInputError(
+                f"{what}: token id {int(out_of_range[0])} outside the vocabulary [0, {vocab}) of {self.hf_dir}"
+            )
 
     # ------------------------------------------------------------------ batching
 
@@ -245,6 +254,7 @@ class MegatronPolicy:
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         self._check_sequences(input_ids, lengths, "logprobs")
+        input_ids, lengths = input_ids.cpu(), lengths.cpu()  # micro-batches go to the device one by one
         b, s = input_ids.shape
         dp = parallel_state.get_data_parallel_world_size()
         dp_rank = parallel_state.get_data_parallel_rank()
@@ -316,6 +326,7 @@ class MegatronPolicy:
             self.onload_optimizer()
         if "input_ids" not in batch or "lengths" not in batch:
             raise PolicyInputError(f"train_step: batch needs 'input_ids' and 'lengths', got {sorted(batch)}")
+        batch = {k: v.cpu() if torch.is_tensor(v) else v for k, v in batch.items()}
         input_ids, lengths = batch["input_ids"], batch["lengths"]
         self._check_sequences(input_ids, lengths, "train_step")
         b = input_ids.shape[0]

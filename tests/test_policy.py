@@ -56,6 +56,7 @@ def make_batch(n: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
         "old_logprobs": -3.0 + 0.3 * torch.randn((n, SEQ), generator=g),
         "advantages": torch.randn(n, generator=g),
         "inv_tokens": torch.full((n,), 1.0 / float(mask.sum())),  # global normalizer, per row
+        "loss_weights": mask / mask.sum(),  # the GRPO loss's global token weights
     }
 
 
@@ -71,7 +72,18 @@ def test_loss(logprobs: torch.Tensor, mb: dict[str, torch.Tensor]):
 test_loss.__test__ = False  # a loss function, not a pytest test
 
 
-def hf_reference(hf_dir: str, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> dict:
+def _loss_for(variant: dict):
+    """The test loss, or the project's GRPO loss (grpo.make_loss_fn) for variants that ask for it."""
+    if variant.get("loss") != "grpo":
+        return test_loss
+    from megatron_grpo.config import LossConfig
+    from megatron_grpo.grpo import make_loss_fn
+
+    return make_loss_fn(LossConfig(ratio_clip_min=0.2, ratio_clip_max=0.28))
+
+
+def hf_reference(hf_dir: str, batch: dict[str, torch.Tensor], temperature: float = 1.0,
+                 loss_fn=test_loss) -> dict:
     """logprobs, loss, grad norm and the stepped weights from transformers + torch AdamW."""
     from transformers import AutoModelForCausalLM
 
@@ -80,7 +92,7 @@ def hf_reference(hf_dir: str, batch: dict[str, torch.Tensor], temperature: float
     logp = torch.zeros(batch["input_ids"].shape)
     logp[:, 1:] = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
     logp = logp * batch["mask"]
-    loss, _ = test_loss(logp, batch)
+    loss, _ = loss_fn(logp, batch)
     loss.backward()
     params = [p for p in model.parameters()]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, CLIP))
@@ -137,7 +149,7 @@ def _run_layout(tp: int, pp: int, variants: list[dict], check_errors: bool):
             "weights_before": hf_weights(policy),
             "logprobs_odd": policy.logprobs(odd["input_ids"], odd["lengths"]),
             "logprobs": policy.logprobs(batch["input_ids"], batch["lengths"]),
-            "metrics": policy.train_step(copy.deepcopy(batch), test_loss),
+            "metrics": policy.train_step(copy.deepcopy(batch), _loss_for(v)),
         }
         res["weights"] = hf_weights(policy)
         out["variants"].append(res)
@@ -188,11 +200,12 @@ def _bad_inputs(batch: dict[str, torch.Tensor], max_len: int) -> dict[str, dict]
 def _check_against_reference(results: list[dict], variants: list[dict]) -> None:
     refs = {}
     for v in variants:
-        if v["hf_dir"] not in refs:
-            refs[v["hf_dir"]] = _references(v["hf_dir"])
+        key = (v["hf_dir"], v.get("loss"))
+        if key not in refs:
+            refs[key] = _references(v["hf_dir"], _loss_for(v))
     for r in results:  # every rank returns the same values
         for v, res in zip(variants, r["variants"], strict=True):
-            ref, ref_odd, before = refs[v["hf_dir"]]
+            ref, ref_odd, before = refs[(v["hf_dir"], v.get("loss"))]
             assert max_diff(res["weights_before"], before) < 1e-6, v  # import + stream round trip
             assert float((res["logprobs"] - ref["logprobs"]).abs().max()) < 1e-5, v
             assert float((res["logprobs_odd"] - ref_odd["logprobs"]).abs().max()) < 1e-5, v
@@ -200,18 +213,20 @@ def _check_against_reference(results: list[dict], variants: list[dict]) -> None:
             assert m["loss"] == pytest.approx(ref["loss"], abs=1e-6), v
             assert m["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5), v
             assert m["grad_norm"] > CLIP  # clipping was exercised
-            assert m["tokens"] == float(make_batch(4)["mask"].sum())
+            if "tokens" in m:  # the test loss's metric, summed over micro-batches and DP
+                assert m["tokens"] == float(make_batch(4)["mask"].sum())
             assert m["lr"] == pytest.approx(LR)
             assert max_diff(res["weights"], before) > 1e-3  # the step changed the weights
             assert max_diff(res["weights"], ref["weights"]) < 1e-6, v
 
 
-def _references(hf_dir: str) -> tuple[dict, dict, dict]:
+def _references(hf_dir: str, loss_fn=test_loss) -> tuple[dict, dict, dict]:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(hf_dir)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    return hf_reference(hf_dir, make_batch(4)), hf_reference(hf_dir, make_batch(3, seed=1)), before
+    return (hf_reference(hf_dir, make_batch(4), loss_fn=loss_fn), hf_reference(hf_dir, make_batch(3, seed=1)),
+            before)
 
 
 # ---------------------------------------------------------------------- tests
@@ -244,8 +259,10 @@ def test_pp2_matches_transformers(hf_dir, hf_dir_tied):
 
 
 def test_dp2_distributed_optimizer_matches_transformers(hf_dir):
-    """DP=2 + DistOpt: each rank sees half the rows, yet the update equals the full-batch one."""
-    variants = [{"hf_dir": hf_dir, "mbs": 1, "distopt": True}, {"hf_dir": hf_dir, "mbs": 2, "distopt": True}]
+    """DP=2 + DistOpt: each rank sees half the rows, yet the update equals the full-batch one; also
+    with the project's GRPO loss (grpo.make_loss_fn)."""
+    variants = [{"hf_dir": hf_dir, "mbs": 1, "distopt": True}, {"hf_dir": hf_dir, "mbs": 2, "distopt": True},
+                {"hf_dir": hf_dir, "mbs": 1, "distopt": True, "loss": "grpo"}]
     results = run_distributed(_run_layout, 2, 1, 1, variants, False)
     _check_against_reference(results, variants)
 
