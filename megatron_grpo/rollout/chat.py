@@ -12,9 +12,9 @@ trajectory is built only by appending ids:
 
 The tool-turn text is cut out of the tokenizer's own chat template (render user -> assistant ->
 tool messages -> generation prompt and keep what follows the assistant's ``<|im_end|>``), so it is
-what the template would produce and needs no hand-written copy of the template. Earlier text is never re-tokenized. When the sampled ids
-are the canonical tokenization of the assistant text, the concatenation equals the tokenization of
-the fully rendered conversation (tested).
+what the template would produce and needs no hand-written copy of the template. Earlier text is
+never re-tokenized. When the sampled ids are the canonical tokenization of the assistant text, the
+concatenation equals the tokenization of the fully rendered conversation (tested).
 """
 
 from __future__ import annotations
