@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                    "cold_s": round(cold_s, 3), "warm_s": round(warm_s, 3),
                    "tokens_per_s": round(n / warm_s, 1), "cold_tokens_per_s": round(n / cold_s, 1),
                    "prefill_s": round(stats["prefill_s"], 3),
-                   "decode_ms_per_step": round(1000 * stats["decode_s"] / max(1, stats["decode_steps"]), 3)}
+                   "decode_ms_per_step": round(1000 * stats["decode_s"] / max(1, stats["decode_steps"]), 3),
+                   "graph_used": bool(stats.get("cuda_graphs")), "graph_error": engine.graph_error}
             if device.type == "cuda":
                 rec["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
                 torch.cuda.reset_peak_memory_stats()

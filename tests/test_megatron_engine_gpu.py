@@ -78,9 +78,9 @@ def _check_gpu(hf_dir: str) -> dict:
 
     graphs = MegatronEngine(policy=policy, pad_token_id=PAD)  # CUDA graphs on by default
     eager = MegatronEngine(policy=policy, pad_token_id=PAD, cuda_graphs=False)
-    res["graphs_default_on"] = graphs.cuda_graphs
     greedy = SamplingParams(temperature=0.0, max_new_tokens=NEW)
     g_out = graphs.generate(PROMPTS, greedy)
+    res["graphs_used"] = (graphs.cuda_graphs, graphs.last_stats.get("cuda_graphs"), graphs.graph_error)
     e_out = eager.generate(PROMPTS, greedy)
     res["greedy_ok"] = [greedy_agrees(p, g.token_ids) for p, g in zip(PROMPTS, g_out)]
     res["eager_ok"] = [greedy_agrees(p, e.token_ids) for p, e in zip(PROMPTS, e_out)]
@@ -127,7 +127,7 @@ def _check_gpu(hf_dir: str) -> dict:
 def test_megatron_engine_bf16_one_gpu(hf_dir):
     assert torch.cuda.is_available(), "the gpu tests need a CUDA device"
     (res,) = run_distributed(_check_gpu, 1, hf_dir, start_method="spawn", timeout_s=600)
-    assert res["graphs_default_on"]
+    assert res["graphs_used"] == (True, 1.0, None), res  # captured, not fallen back to eager
     assert all(res["greedy_ok"]) and all(res["eager_ok"]), res
     assert res["sampled_lp_err"] < 0.05, res
     assert res["graph_reused"] and res["same_seed_same_ids"], res

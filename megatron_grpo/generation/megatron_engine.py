@@ -128,6 +128,7 @@ class MegatronEngine:
         self.sync_every = max(1, int(sync_every))
         self._cache: KVCache | None = None
         self._graph: _DecodeGraph | None = None
+        self.graph_error: str | None = None  # why CUDA-graph capture failed, if it did
         self.last_stats: dict[str, float] = {}
 
     # ------------------------------------------------------------------ interface
@@ -195,6 +196,11 @@ class MegatronEngine:
         free, _ = torch.cuda.mem_get_info(self.device)
         held = self._cache.nbytes() if self._cache is not None else 0
         rows = int(headroom * (free + held) // per_row)
+        tp, group, _ = self._tp()
+        if tp > 1:  # every TP rank must cut the batch the same way (the chunks run collectives)
+            box = torch.tensor([rows], device=self.device)
+            dist.all_reduce(box, op=dist.ReduceOp.MIN, group=group)
+            rows = int(box)
         if rows < 1:
             raise RuntimeError(f"MegatronEngine: not even one row of KV cache ({per_row / 2**30:.2f} GiB for "
                                f"{length} tokens) fits in GPU memory; lower generation.max_new_tokens or "
@@ -325,6 +331,7 @@ class MegatronEngine:
         stats["decode_s"] += t2 - t1
         stats["decode_steps"] += n_steps
         stats["generated_tokens"] += int(n_out[:real].sum())
+        stats["cuda_graphs"] = float(self._graph is not None)
         result = []
         for b in range(real):
             n = int(n_out[b])
@@ -340,7 +347,15 @@ class MegatronEngine:
             return lambda tokens, positions, write, key_ok: self.forward.decode(cache, tokens, positions, write,
                                                                                 key_ok)
         if self._graph is None or self._graph.cache is not cache:
-            self._graph = _DecodeGraph(self.forward, cache, batch)
+            try:
+                self._graph = _DecodeGraph(self.forward, cache, batch)
+            except Exception as exc:  # noqa: BLE001 - fall back to eager decoding, loudly
+                log.warning("MegatronEngine: CUDA-graph capture of the decode step failed (%s: %s); "
+                            "decoding eagerly from now on (cuda_graphs=False)", type(exc).__name__, exc)
+                self.cuda_graphs = False
+                self.graph_error = f"{type(exc).__name__}: {exc}"
+                self._graph = None
+                return self._decode_fn(cache, batch)
         return self._graph
 
 
