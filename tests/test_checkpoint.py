@@ -239,17 +239,33 @@ def test_save_load_resume_dp2_distributed_optimizer(hf_dir, tmp_path):
 
     # resume the DP=2 distributed-optimizer checkpoint on ONE process (dp_reshardable), and refuse
     # a checkpoint saved at another TP size
-    (other,) = run_distributed(_resume_at_dp1, 1, hf_dir, results[0]["path"], str(tmp_path / "tp2_ckpt"))
+    tp2 = run_distributed(_save_at_tp2, 2, hf_dir, str(tmp_path / "tp2"))
+    (other,) = run_distributed(_resume_at_dp1, 1, hf_dir, results[0]["path"], str(tmp_path / "fake_tp2"),
+                               tp2[0]["path"])
     assert other["step"] == 1 and not other["rng_restored"]  # RNG only restores at the same world size
     assert other["loss"] == pytest.approx(results[0]["step2"]["loss"], abs=1e-7)
     assert _max_diff(other["weights2"], results[0]["weights2"]) < 1e-6
     assert "saved with TP=2 PP=1 but this run has TP=1 PP=1" in other["tp_error"]
     assert "policy.tensor_model_parallel_size" in other["tp_error"]
+    assert _max_diff(other["exported_tp2"], tp2[0]["weights"]) == 0.0  # TP=2 weights, exported at TP=1
 
 
-def _resume_at_dp1(hf_dir: str, step_dir: str, fake_dir: str) -> dict:
-    from megatron_grpo.checkpoint import load_checkpoint
+def _save_at_tp2(hf_dir: str, ckpt_dir: str) -> dict:
+    from megatron_grpo.checkpoint import save_checkpoint
     from megatron_grpo.distributed import init_distributed
+    from megatron_grpo.policy import MegatronPolicy
+
+    layout = init_distributed(tp=2)
+    policy = MegatronPolicy(_config(distopt=False, tp=2), layout, hf_dir)
+    policy.train_step(_batch(0), _loss)
+    path = save_checkpoint(policy, ckpt_dir, 1)
+    return {"path": str(path), "weights": _weights(policy)}
+
+
+def _resume_at_dp1(hf_dir: str, step_dir: str, fake_dir: str, tp2_dir: str) -> dict:
+    from megatron_grpo.checkpoint import build_model_for_export, load_checkpoint
+    from megatron_grpo.distributed import init_distributed
+    from megatron_grpo.models.hf_mapping import iter_hf_weights
     from megatron_grpo.policy import MegatronPolicy
 
     layout = init_distributed(tp=1)
@@ -266,8 +282,10 @@ def _resume_at_dp1(hf_dir: str, step_dir: str, fake_dir: str) -> dict:
         tp_error = ""
     except CheckpointError as exc:
         tp_error = str(exc)
+    model, _ = build_model_for_export(tp2_dir)
+    exported = {n: t.clone() for bucket in iter_hf_weights(model, 1 << 16) for n, t in bucket}
     return {"step": info["step"], "rng_restored": info["rng_restored"], "loss": metrics["loss"],
-            "weights2": _weights(policy), "tp_error": tp_error}
+            "weights2": _weights(policy), "tp_error": tp_error, "exported_tp2": exported}
 
 
 # ---------------------------------------------------------------------- kill -9 during a save
