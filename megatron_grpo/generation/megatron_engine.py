@@ -130,6 +130,8 @@ class MegatronEngine:
         self._graph: _DecodeGraph | None = None
         self.graph_error: str | None = None  # why CUDA-graph capture failed, if it did
         self.last_stats: dict[str, float] = {}
+        log.info("megatron engine: decoding with the policy's own model in-process (no refit copy), "
+                 "device=%s, TP=%d, cuda_graphs=%s", self.device, self._tp()[0], self.cuda_graphs)
 
     # ------------------------------------------------------------------ interface
 
