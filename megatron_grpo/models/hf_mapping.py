@@ -235,10 +235,11 @@ def _local_from_hf(entry: _Entry, reader: _HFReader, expected, geo: _Geometry, t
     if entry.kind == "vocab":
         rows = shape[0]
         start, stop = tp_rank * rows, (tp_rank + 1) * rows
-        local = torch.zeros(shape, dtype=torch.float32)
-        real_stop = min(stop, geo.vocab)
-        block = _read(reader, entry.hf_names[0], expected, rows=(min(start, geo.vocab), real_stop))
-        local[: block.shape[0]] = block.float()
+        block = _read(reader, entry.hf_names[0], expected, rows=(min(start, geo.vocab), min(stop, geo.vocab)))
+        if block.shape[0] == rows:
+            return block
+        local = torch.zeros(shape, dtype=block.dtype)
+        local[: block.shape[0]] = block
         return local
     if entry.kind == "qkv":
         g_local = geo.groups // tp
@@ -345,15 +346,15 @@ def _iter_hf_tensors(model) -> Iterator[tuple[str, torch.Tensor]]:
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
     pp_ranks = dist.get_process_group_ranks(pp_group)
     plans: list[Any] = [None] * pp
-    dist.all_gather_object(plans, [e.hf_names for e in entries], group=pp_group)
-    dtype = entries[0].param.dtype if entries else next(model.parameters()).dtype
+    dist.all_gather_object(plans, [(e.hf_names, str(e.param.dtype)) for e in entries], group=pp_group)
     device = next(model.parameters()).device
     for stage, plan in enumerate(plans):
-        for i, names in enumerate(plan):
+        for i, (names, dtype) in enumerate(plan):
             if stage == pp_rank:
                 e = entries[i]
                 tensors = _hf_from_shards(e, _gather_tp(e.param.detach(), tp_group, tp), geo)
             else:
+                dtype = getattr(torch, dtype.removeprefix("torch."))
                 tensors = [(n, torch.empty(shapes[n], dtype=dtype, device=device)) for n in names]
             for name, t in tensors:
                 t = t.contiguous()
