@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,6 @@ def import_reference(root: Path):
     """Import the reference ``utils`` module (get_tools, is_correct) from an extracted root."""
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    import warnings
-
-    warnings.filterwarnings("ignore", module="resources_servers")
     from resources_servers.workplace_assistant import utils
 
     return utils
@@ -108,7 +106,8 @@ class ReferenceEnv:
         self.reset()
 
     def reset(self) -> None:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             self.tool_env = self._utils.get_tools(TOOLKITS)
 
     def _body(self, output: Any) -> str:
@@ -125,7 +124,8 @@ class ReferenceEnv:
         body = self._request.model_validate(parsed)
         args = {key: value for key, value in body.model_dump(exclude_unset=True).items() if value is not None}
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pandas deprecation noise from the reference code
                 result = self.tool_env["functions"][name](**args)
             return self._body(result)
         except Exception as e:
@@ -134,5 +134,6 @@ class ReferenceEnv:
 
 def reference_reward(utils, calls: list[dict], ground_truth: list[dict]) -> float:
     """NeMo-Gym's reward: ``is_correct(predicted, ground_truth, None) * 1.0`` (its prints silenced)."""
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         return 1.0 * utils.is_correct(calls, ground_truth, None)

@@ -63,3 +63,62 @@ def test_ten_thousand_calls_match_reference():
             rewards += 1
     assert not mismatches, mismatches
     assert compared > 9500 and rewards == EPISODES // 5
+
+
+def _c(tool: str, **args) -> tuple[str, str]:
+    return tool, json.dumps(args)
+
+
+ADD = {"customer_name": "Zed Q", "assigned_to_email": "nadia.moreau@atlas.com", "status": "Lead"}
+EVENT = {"event_name": "Sync", "participant_email": "luis.ortiz@atlas.com", "event_start": "2023-12-01 10:00:00"}
+TARGETED = {
+    "tied sends then searches": [_c("email_send_email", recipient=f"p{i}@x.com", subject=f"Tie {i}", body="same")
+                                 for i in range(4)]
+    + [_c("email_search_emails", query=""), _c("email_search_emails", query="same", page=2, page_size=3),
+       _c("email_forward_email", email_id="500", recipient="q@x.com"), _c("email_reply_email", email_id="501",
+                                                                           body="ok"),
+       _c("email_search_emails", query="tie", date_min="2023-11-30")],
+    "object columns after a customer without email": [
+        _c("customer_relationship_manager_add_customer", **ADD),
+        _c("customer_relationship_manager_search_customers", customer_email="atlas"),
+        _c("customer_relationship_manager_search_customers", customer_name="zed"),
+        _c("customer_relationship_manager_search_customers", customer_name="(?=z)ed"),
+        _c("customer_relationship_manager_search_customers", last_contact_date_min="2023-11-01"),
+        _c("customer_relationship_manager_update_customer", customer_id="00000200", field="customer_phone",
+           new_value="555")],
+    "int duration then updates": [
+        _c("calendar_create_event", **EVENT, duration=30),
+        _c("calendar_update_event", event_id="00000300", field="duration", new_value=45),
+        _c("calendar_update_event", event_id="00000300", field="event_name", new_value=7),
+        _c("calendar_search_events", query="sync"),
+        _c("calendar_get_event_information_by_id", event_id="00000300", field="duration")],
+    "tz-aware event then searches": [
+        _c("calendar_create_event", **dict(EVENT, event_start="2023-12-01 10:00:00+05:00"), duration="30"),
+        _c("calendar_search_events", query="sync"),
+        _c("calendar_search_events", query="sync", time_min="2023-11-01 00:00:00"),
+        _c("calendar_search_events", query="sync", time_min="2023-11-01T00:00:00Z")],
+    "odd dates and types": [
+        _c("email_search_emails", query="update", date_min="nan"),
+        _c("email_search_emails", query="update", date_min="-1"),
+        _c("email_search_emails", query="update", date_max="Nov 30 2023", page_size=2),
+        _c("project_management_update_task", task_id="00000149", field="task_name", new_value=5),
+        _c("analytics_get_average_session_duration"),
+        _c("analytics_get_visitor_information_by_id", visitor_id="0860"),
+        _c("analytics_traffic_source_count", time_min="2023-11-28", traffic_source=["direct"]),
+        _c("company_directory_find_email_address", name="(?<=a)n"),
+        _c("company_directory_find_email_address", name="é"),
+        _c("calendar_search_events", query="\\bsync\\s"),
+        _c("project_management_search_tasks", task_name="[ab]"),
+    ],
+}
+
+
+@pytest.mark.parametrize("sequence", list(TARGETED.values()), ids=list(TARGETED))
+def test_targeted_sequences_match_reference(sequence):
+    utils, sandbox = load_reference()
+    ours, reference = WorkplaceEnv(sandbox), ReferenceEnv(utils)
+    for name, arguments in sequence:
+        assert ours.call(name, arguments) == reference.call(name, arguments), (name, arguments)
+    calls = ours.calls
+    for truth in ([], calls[::-1], calls[:1]):
+        assert verify_calls(calls, truth, sandbox) == reference_reward(utils, calls, truth)
