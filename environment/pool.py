@@ -155,13 +155,16 @@ class _Slot:
 
 class RayEnvPool:
     """Episodes spread over ``num_actors`` Ray actors; dead actors are replaced and their episodes
-    replayed (see the module docstring). ``replacements`` counts replaced actors."""
+    replayed (see the module docstring). ``replacements`` counts replaced actors.
+
+    ``cpus_per_actor`` defaults to 1, lowered so that all actors fit the cluster's CPUs (an actor
+    that cannot be scheduled would make every request wait forever)."""
 
     def __init__(
         self,
         num_actors: int = 4,
         data_dir: str | None = None,
-        cpus_per_actor: float = 1.0,
+        cpus_per_actor: float | None = None,
         ray_address: str | None = None,
         max_restarts_per_step: int = 3,
     ):
@@ -171,6 +174,9 @@ class RayEnvPool:
         self._ray = ray
         self.data_dir = data_dir
         self.max_restarts_per_step = max_restarts_per_step
+        if cpus_per_actor is None:  # one CPU each, less when the cluster is smaller (all must start)
+            cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+            cpus_per_actor = min(1.0, cluster_cpus / max(1, num_actors))
         env_vars = {k: os.environ[k] for k in ACTOR_ENV_VARS if k in os.environ}
         self._remote_cls = ray.remote(EpisodeWorker).options(
             num_cpus=cpus_per_actor, max_restarts=0, runtime_env={"env_vars": env_vars}
