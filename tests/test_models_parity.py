@@ -125,3 +125,37 @@ def test_sdpa_core_attention_masks():
     block[4:, :4] = False
     got = attn(q, k, v, ~block[None, None].expand(2, 1, 7, 7))
     torch.testing.assert_close(got, _reference_attention(q, k, v, block))
+
+
+def _bf16_logits_on_gpu(model_dirs: dict[str, str], input_ids: torch.Tensor):
+    from megatron_grpo.distributed import init_distributed
+    from megatron_grpo.models.hf_mapping import load_hf_checkpoint
+    from megatron_grpo.models.qwen3 import build_qwen3_model, transformer_config_from_hf
+
+    init_distributed(tp=1, pp=1)
+    out = {}
+    for kind, path in model_dirs.items():
+        config = transformer_config_from_hf(path, tp=1, pp=1, params_dtype=torch.bfloat16)
+        model = build_qwen3_model(path, config).eval()
+        load_hf_checkpoint(model, path)
+        assert next(model.parameters()).is_cuda and next(model.parameters()).dtype == torch.bfloat16
+        out[kind] = megatron_logits(model, input_ids.cuda()).float().cpu()
+    return out
+
+
+@pytest.mark.gpu
+def test_megatron_bf16_logits_match_transformers_on_gpu(tiny_models):
+    """bf16 on one GPU: Megatron's error against the fp32 reference is no worse than transformers' own
+    bf16 error (both round differently; the bound is what bf16 itself costs)."""
+    from transformers import AutoModelForCausalLM
+
+    assert torch.cuda.is_available(), "the gpu tests need a CUDA device"
+    ids = _input_ids()
+    (got,) = run_distributed(_bf16_logits_on_gpu, 1, tiny_models, ids, start_method="spawn", timeout_s=600)
+    for kind, path in tiny_models.items():
+        with torch.no_grad():
+            ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()(input_ids=ids).logits
+            hf16 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda().eval()
+            hf_err = float((hf16(input_ids=ids.cuda()).logits.float().cpu() - ref).abs().max())
+        err = float((got[kind] - ref).abs().max())
+        assert err <= 2 * hf_err + 1e-2, f"{kind}: bf16 megatron error {err:.3e} vs transformers bf16 {hf_err:.3e}"
