@@ -39,12 +39,13 @@ def megatron_logits(model, input_ids: torch.Tensor) -> torch.Tensor | None:
     from megatron.core import parallel_state as ps
 
     b, s = input_ids.shape
-    pos = torch.arange(s)[None].expand(b, -1)
+    pos = torch.arange(s, device=input_ids.device)[None].expand(b, -1)
     pp_ranks = dist.get_process_group_ranks(ps.get_pipeline_model_parallel_group())
     stage = ps.get_pipeline_model_parallel_rank()
     with torch.no_grad():
         if stage > 0:
-            hidden = torch.empty(s, b, model.config.hidden_size)
+            hidden = torch.empty(s, b, model.config.hidden_size, dtype=model.config.params_dtype,
+                                 device=input_ids.device)
             dist.recv(hidden, src=pp_ranks[stage - 1])
             model.set_input_tensor(hidden)
         out = model(input_ids, pos, None)
