@@ -87,9 +87,11 @@ class CallGenerator:
     malformed ones; ``coherent(name)`` gives an arguments dict that usually succeeds.
     """
 
-    def __init__(self, data_dir: str, rng: random.Random):
+    def __init__(self, data_dir: str, rng: random.Random, rare: tuple[str, ...] = ()):
+        """``rare`` tools are drawn 4x less often (the reference's email search costs ~50 calls)."""
         root = Path(data_dir)
         self.rng = rng
+        self.rare = rare
         emails = _read(root / "processed" / "emails.csv")
         events = _read(root / "processed" / "calendar_events.csv")
         tasks = _read(root / "processed" / "project_tasks.csv")
@@ -236,14 +238,19 @@ class CallGenerator:
         }
         return table[name]
 
+    def _tool(self) -> str:
+        name = self.rng.choice(list(PARAMS))
+        if name in self.rare and self.rng.random() < 0.75:
+            name = self.rng.choice(list(PARAMS))
+        return name
+
     def call(self) -> tuple[str, str]:
         r = self.rng
         if r.random() < 0.4:
-            name = r.choice(list(PARAMS))
+            name = self._tool()
             return name, json.dumps(self.coherent(name))
-        names = list(PARAMS)
         unknown = ["foo", "email_send", "send_email", "Email_send_email"]
-        name = r.choice(names) if r.random() < 0.95 else r.choice(unknown)
+        name = self._tool() if r.random() < 0.95 else r.choice(unknown)
         roll = r.random()
         if roll < 0.03:
             return name, r.choice(["{", "", "not json", '{"a": }', "{'a': 1}", '{"a": 1,}', "[1,", "nul"])
