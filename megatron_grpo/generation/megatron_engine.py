@@ -24,10 +24,11 @@ not supported (a clear error names the fix).
 
 Logprobs and stopping follow base.py and hf.py exactly: ``logprobs[i]`` is the raw (temperature 1,
 unfiltered) log-softmax at the sampled id; sampling uses temperature, then top-k, then top-p; a row
-stops on a stop id (included) or its token budget. Memory: the KV cache is allocated on first use,
-kept between ``generate`` calls (reused when large enough, so CUDA graphs replay) and freed by
-``sleep()``; with ``offload_optimizer=True`` ``wake()``/``sleep()`` also move the policy's optimizer
-state to CPU and back.
+stops on a stop id (included) or its token budget. Memory: the KV cache is allocated by
+``generate``, kept between calls of the same (bucketed) shape so the captured graph replays, and
+freed by ``sleep()`` (called before training); a batch whose cache would not fit in ~80% of the free
+GPU memory is generated in chunks; with ``offload_optimizer=True`` ``wake()`` moves the policy's
+optimizer state to CPU and ``sleep()`` brings it back.
 """
 
 from __future__ import annotations
