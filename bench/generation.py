@@ -107,8 +107,8 @@ def decode_step_comparison(model, batch: int, prompt_len: int, steps: int, devic
     try:
         ctx = StaticInferenceContext(batch, total)
         pos = torch.arange(prompt_len, device=device)[None].expand(batch, prompt_len)
-        mask = torch.triu(torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device), 1)[None, None]
-        model(ids[:, :prompt_len], pos, mask, inference_context=ctx, runtime_gather_output=True)
+        # attention_mask=None: the SDPA core attention is causal when sq == sk (flash kernel)
+        model(ids[:, :prompt_len], pos, None, inference_context=ctx, runtime_gather_output=True)
         ctx.sequence_len_offset += prompt_len
         ctx.enable_decode_mode()
         for i in range(steps):
