@@ -193,3 +193,37 @@ def test_load_errors_name_the_tensor(results):
     assert "model.layers.0.mlp.gate_proj.weight" in msg and "[128, 64]" in msg and "[96, 64]" in msg, msg
     msg = results[0]["extra_layer"]
     assert "model.layers.1." in msg and "num_hidden_layers" in msg, msg
+
+
+def _tp2_pp2_checks(ck: dict[str, str], input_ids: torch.Tensor):
+    from test_models_parity import megatron_logits
+
+    from megatron_grpo.distributed import init_distributed
+    from megatron_grpo.models.hf_mapping import load_hf_checkpoint
+
+    init_distributed(tp=2, pp=2)
+    res = {}
+    for kind in ("untied", "tied"):
+        model = _build(ck[kind], 2, 2).eval()
+        load_hf_checkpoint(model, ck[kind])
+        res[f"logits_{kind}"] = megatron_logits(model, input_ids)
+        res[f"stream_{kind}"] = _stream(model)
+    return res
+
+
+def test_tp2_pp2_on_four_ranks_logits_and_stream(checkpoints):
+    """Gather over TP and broadcast over PP together; the tied output layer lives on the last stage."""
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(2, VOCAB, (2, 8), generator=torch.Generator().manual_seed(5))
+    per_rank = run_distributed(_tp2_pp2_checks, 4, checkpoints, ids)
+    for kind in ("untied", "tied"):
+        with torch.no_grad():
+            ref = AutoModelForCausalLM.from_pretrained(checkpoints[kind], dtype=torch.float32)(input_ids=ids).logits
+        logits = [r[f"logits_{kind}"] for r in per_rank if r[f"logits_{kind}"] is not None]
+        assert len(logits) == 1 and float((logits[0] - ref).abs().max()) < 1e-4
+        expected = _hf_tensors(checkpoints[kind])
+        for r in per_rank:
+            tensors, _ = r[f"stream_{kind}"]
+            assert sorted(tensors) == sorted(expected)
+            assert all(torch.equal(tensors[n], expected[n]) for n in expected)
