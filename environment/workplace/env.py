@@ -1,5 +1,6 @@
 """``WorkplaceEnv``: the model-facing environment (JSON in, the reference's exact JSON text out)."""
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -96,12 +97,12 @@ class WorkplaceEnv:
         if self._schemas is None:
             self._schemas = load_tool_schemas()
         if domains is None:
-            return [dict(s) for s in self._schemas]
+            return copy.deepcopy(self._schemas)
         unknown = sorted(set(domains) - set(DOMAINS))
         if unknown:
             raise ValueError(f"unknown domain(s) {unknown}; choose from {list(DOMAINS)}")
         keep = ("company_directory_",) + tuple(f"{d}_" for d in domains)
-        return [dict(s) for s in self._schemas if s["name"].startswith(keep)]
+        return copy.deepcopy([s for s in self._schemas if s["name"].startswith(keep)])
 
     def verify(self, ground_truth: list[dict]) -> float:
         """The reward of this episode's calls against ``ground_truth`` (NeMo-Gym's verifier)."""

@@ -80,6 +80,12 @@ def contains_value(values: list[Any], dtype: str, value: Any) -> bool:
     return any(v == value for v in values)
 
 
+def column_max(values: list[Any]) -> Any:
+    """``series.max()`` of an id column (string order); NaN when empty, as pandas gives."""
+    present = [v for v in values if isinstance(v, str)]
+    return max(present) if present else MISSING
+
+
 def checked_value(dtype: str, value: Any) -> Any:
     """The value ``df.loc[mask, col] = value`` stores for one matching row, or the error it raises."""
     if dtype == STR:

@@ -4,7 +4,7 @@ import operator
 
 from environment.workplace.matching import boolean_mask, column_contains
 from environment.workplace.paging import Page
-from environment.workplace.series_ops import checked_value, compare, contains_value
+from environment.workplace.series_ops import checked_value, column_max, compare, contains_value
 from environment.workplace.state import EpisodeState
 from environment.workplace.timestamps import parse_timestamp
 
@@ -21,7 +21,7 @@ def _valid_event_id(event_id) -> bool:
 
 
 def _next_id(ids: list) -> str:
-    return str(int(max(i for i in ids if isinstance(i, str))) + 1).zfill(8)
+    return str(int(column_max(ids)) + 1).zfill(8)
 
 
 class CalendarTool:

@@ -4,7 +4,7 @@ import operator
 
 from environment.workplace.matching import boolean_mask, column_contains
 from environment.workplace.paging import Page
-from environment.workplace.series_ops import checked_value, compare, contains_value
+from environment.workplace.series_ops import checked_value, column_max, compare, contains_value
 from environment.workplace.state import EpisodeState
 from environment.workplace.tables import has_column
 
@@ -113,8 +113,7 @@ class CustomerRelationshipManagerTool:
         if customer_email:
             customer_email = customer_email.lower()
         table = self._state.crm
-        ids = [row["customer_id"] for row in table.rows if isinstance(row["customer_id"], str)]
-        new_id = str(int(max(ids)) + 1).zfill(8)
+        new_id = str(int(column_max([row["customer_id"] for row in table.rows])) + 1).zfill(8)
         new_customer = {
             "customer_id": new_id,
             "customer_name": customer_name,

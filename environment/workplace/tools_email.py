@@ -3,7 +3,7 @@
 import operator
 
 from environment.workplace.paging import Page, sort_desc_stable_like_numpy
-from environment.workplace.series_ops import compare, contains_value
+from environment.workplace.series_ops import column_max, compare, contains_value
 from environment.workplace.state import EpisodeState
 from environment.workplace.timestamps import parse_timestamp
 
@@ -95,8 +95,7 @@ class EmailTool:
         try:
             recipient = recipient.lower()
             table = self._state.emails
-            ids = [i for i in self._ids() if isinstance(i, str)]
-            email_id = str(int(max(ids)) + 1) if table.rows else "1"
+            email_id = str(int(column_max(self._ids())) + 1) if table.rows else "1"
             new_email = {
                 "email_id": email_id,
                 "inbox/outbox": "outbox",

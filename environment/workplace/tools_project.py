@@ -4,7 +4,7 @@ import operator
 import re
 
 from environment.workplace.matching import boolean_mask, column_contains
-from environment.workplace.series_ops import checked_value, compare, contains_value
+from environment.workplace.series_ops import checked_value, column_max, compare, contains_value
 from environment.workplace.state import EpisodeState
 from environment.workplace.tables import has_column
 
@@ -85,8 +85,7 @@ class ProjectManagementTool:
             return _BAD_LIST
         if board not in BOARDS:
             return _BAD_BOARD
-        ids = [i for i in self._column("task_id") if isinstance(i, str)]
-        task_id = str(int(max(ids)) + 1).zfill(8)
+        task_id = str(int(column_max(self._column("task_id"))) + 1).zfill(8)
         new_task = {
             "task_id": task_id,
             "task_name": task_name,
