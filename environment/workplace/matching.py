@@ -95,8 +95,14 @@ def _needs_python_regex(pat: str, values: list[str]) -> bool:
 
 
 def _re2_contains(values: list[str], pat: str) -> list[bool]:
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    """RE2 matching as pandas does it; without pyarrow installed, Python's ``re`` (same result for
+    nearly all patterns; error texts for invalid patterns differ)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+    except ImportError:
+        compiled = re.compile(pat, flags=re.IGNORECASE)
+        return [compiled.search(v) is not None for v in values]
 
     pat = _UNESCAPED_END_ANCHOR.sub(r"\1\\z", pat)
     result = pc.match_substring_regex(pa.array(values, type=pa.large_string()), pat, ignore_case=True)

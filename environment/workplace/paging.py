@@ -31,7 +31,10 @@ def sort_desc_stable_like_numpy(keys: list[str]) -> list[int]:
     """
     if len(set(keys)) == len(keys):
         return sorted(range(len(keys)), key=keys.__getitem__, reverse=True)
-    import numpy as np
+    try:
+        import numpy as np
+    except ImportError:  # ties then keep their table order
+        return sorted(range(len(keys)), key=keys.__getitem__, reverse=True)
 
     values = np.array(keys, dtype="datetime64[ns]")[::-1]
     index = np.arange(len(keys))[::-1]
