@@ -132,6 +132,7 @@ class MegatronPolicy:
             sequence_parallel=cfg.sequence_parallel,
             params_dtype=params_dtype,
             calculate_per_token_loss=True,  # megatron sums micro-batch losses and DP grads (see module doc)
+            **_recompute_overrides(cfg.activation_checkpointing),
         )
         model = build_qwen3_model(self.hf_config, self.config, impl=cfg.transformer_impl)
         load_hf_checkpoint(model, self.hf_dir)
@@ -436,6 +437,14 @@ class MegatronPolicy:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _recompute_overrides(enabled: bool) -> dict[str, Any]:
+    """policy.activation_checkpointing: recompute every transformer layer in the backward pass
+    (megatron's full/uniform recompute): activation memory of one layer input per layer."""
+    if not enabled:
+        return {}
+    return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
 
 
 def _finalize_grads_summed(model_chunks: list, num_tokens: Any = None, **kwargs: Any) -> None:

@@ -106,12 +106,13 @@ def hf_reference(hf_dir: str, batch: dict[str, torch.Tensor], temperature: float
     return {"logprobs": logp.detach(), "loss": float(loss), "grad_norm": grad_norm, "weights": weights}
 
 
-def policy_config(tp=1, pp=1, mbs=1, lbs=2, distopt=False, sp=False, max_len=64):
+def policy_config(tp=1, pp=1, mbs=1, lbs=2, distopt=False, sp=False, recompute=False, max_len=64):
     from megatron_grpo.config import OptimizerConfig, PolicyConfig
 
     return PolicyConfig(
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, sequence_parallel=sp, precision="float32",
         train_micro_batch_size=mbs, logprob_batch_size=lbs, max_total_sequence_length=max_len,
+        activation_checkpointing=recompute,
         optimizer=OptimizerConfig(lr=LR, min_lr=0.0, weight_decay=WD, clip_grad=CLIP, adam_eps=EPS,
                                   use_distributed_optimizer=distopt),
     )
@@ -139,7 +140,8 @@ def _run_layout(tp: int, pp: int, variants: list[dict], check_errors: bool):
     batch, odd = make_batch(4), make_batch(3, seed=1)
     out: dict = {"variants": []}
     for v in variants:
-        cfg = policy_config(tp, pp, mbs=v["mbs"], distopt=v.get("distopt", False), sp=v.get("sp", False))
+        cfg = policy_config(tp, pp, mbs=v["mbs"], distopt=v.get("distopt", False), sp=v.get("sp", False),
+                            recompute=v.get("recompute", False))
         policy = MegatronPolicy(cfg, layout, v["hf_dir"])
         if "logprobs_t07" not in out:
             policy.temperature = 0.7  # logits / temperature, as the sampler saw them
@@ -152,6 +154,7 @@ def _run_layout(tp: int, pp: int, variants: list[dict], check_errors: bool):
             "metrics": policy.train_step(copy.deepcopy(batch), _loss_for(v)),
         }
         res["weights"] = hf_weights(policy)
+        res["recompute"] = policy.config.recompute_granularity
         out["variants"].append(res)
     out["token_logprobs"] = _token_logprobs_on_random_shards()
     if check_errors:
@@ -209,6 +212,7 @@ def _check_against_reference(results: list[dict], variants: list[dict]) -> None:
             assert max_diff(res["weights_before"], before) < 1e-6, v  # import + stream round trip
             assert float((res["logprobs"] - ref["logprobs"]).abs().max()) < 1e-5, v
             assert float((res["logprobs_odd"] - ref_odd["logprobs"]).abs().max()) < 1e-5, v
+            assert res["recompute"] == ("full" if v.get("recompute") else None)
             m = res["metrics"]
             assert m["loss"] == pytest.approx(ref["loss"], abs=1e-6), v
             assert m["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5), v
@@ -252,8 +256,9 @@ def test_tp2_matches_transformers_and_errors_name_the_fix(hf_dir, hf_dir_tied):
 
 
 def test_pp2_matches_transformers(hf_dir, hf_dir_tied):
-    """PP=2: the 1F1B schedule, and tied embeddings shared between the first and last stage."""
-    variants = [{"hf_dir": hf_dir, "mbs": 2}, {"hf_dir": hf_dir_tied, "mbs": 1}]
+    """PP=2: the 1F1B schedule (with activation checkpointing), and tied embeddings shared between
+    the first and last stage."""
+    variants = [{"hf_dir": hf_dir, "mbs": 2, "recompute": True}, {"hf_dir": hf_dir_tied, "mbs": 1}]
     results = run_distributed(_run_layout, 2, 1, 2, variants, False)
     _check_against_reference(results, variants)
 
