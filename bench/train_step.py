@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but CUDA is not available (use --device cpu --tiny)")
     args.device = torch.device(args.device)
+    if args.device.type == "cpu":
+        os.environ["MEGATRON_GRPO_DEVICE"] = "cpu"  # the CPU path even on a GPU machine
 
     from megatron_grpo.distributed import destroy_distributed, init_distributed
 

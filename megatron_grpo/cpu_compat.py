@@ -20,13 +20,17 @@ Thread-locality: torch function modes are per thread. ``apply()`` enters the mod
 thread (the main thread in torchrun / SLURM / spawned test processes, which is where megatron
 runs). Code that runs megatron on another thread (a thread-pooled actor, a background worker)
 must wrap those calls in ``with cpu_device_mode(): ...``; entering it where it is already active
-is a no-op. Everything here is a no-op when CUDA is available.
+is a no-op. Everything here is a no-op when CUDA is used (see ``cuda_enabled``).
+
+``MEGATRON_GRPO_DEVICE=cpu`` makes a process use the CPU path even where CUDA is available (the
+multi-process CPU tests set it, so the default test suite also passes on a GPU machine).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import sys
 import threading
 import types
@@ -118,6 +122,12 @@ def _patch_rng() -> None:
     torch.cuda.manual_seed = lambda seed: torch.default_generator.manual_seed(int(seed))
 
 
+def cuda_enabled() -> bool:
+    """True when this process runs megatron on CUDA: CUDA is available and not vetoed by
+    ``MEGATRON_GRPO_DEVICE=cpu``. Use it instead of ``torch.cuda.is_available()`` for that choice."""
+    return os.environ.get("MEGATRON_GRPO_DEVICE", "").lower() != "cpu" and torch.cuda.is_available()
+
+
 def is_active() -> bool:
     """True when the CPU patches are applied (always False on a CUDA machine)."""
     return _applied
@@ -126,11 +136,11 @@ def is_active() -> bool:
 def apply() -> bool:
     """Patch megatron-core for CPU and enter the device mode on the calling thread.
 
-    Idempotent. Returns True when the patches are (now) active, False on a CUDA machine where
+    Idempotent. Returns True when the patches are (now) active, False when CUDA is used and
     nothing is changed. Call before building megatron models (``init_distributed`` does).
     """
     global _applied
-    if torch.cuda.is_available():
+    if cuda_enabled():
         return False
     if not _applied:
         _stub_paged_stash_if_no_triton()

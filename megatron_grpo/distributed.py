@@ -12,8 +12,8 @@ Environment read (first match wins):
                      expanded) and MASTER_PORT to 15000 + SLURM_JOB_ID % 20000
   nothing set        a single process (rank 0 of 1) on 127.0.0.1 and a free port
 
-Backend: nccl when CUDA is available (device = LOCAL_RANK), gloo otherwise (with the CPU
-patches of ``cpu_compat`` applied).
+Backend: nccl when CUDA is used (device = LOCAL_RANK), gloo otherwise (with the CPU patches of
+``cpu_compat`` applied). ``MEGATRON_GRPO_DEVICE=cpu`` forces the CPU path on a GPU machine.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def init_distributed(
 
     launch = read_launch_env()
     dp = validate_layout(launch.world_size, tp, pp)
-    use_cuda = torch.cuda.is_available()
+    use_cuda = cpu_compat.cuda_enabled()
     if use_cuda:
         torch.cuda.set_device(launch.local_rank % torch.cuda.device_count())
     else:

@@ -43,11 +43,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child(fn: Callable, rank: int, world_size: int, port: int, results, args, kwargs) -> None:
+def _child(fn: Callable, rank: int, world_size: int, port: int, results, args, kwargs, cpu_only: bool) -> None:
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )
+    if cpu_only:
+        os.environ["MEGATRON_GRPO_DEVICE"] = "cpu"  # gloo + CPU even on a GPU machine
     import torch
 
     torch.set_num_threads(1)
@@ -81,17 +83,26 @@ def run_distributed(
     *args: Any,
     timeout_s: float = 240.0,
     start_method: str | None = None,
+    cpu_only: bool | None = None,
     **kwargs: Any,
 ) -> list[Any]:
-    """Run ``fn(*args, **kwargs)`` on ``world_size`` processes; return the values in rank order."""
+    """Run ``fn(*args, **kwargs)`` on ``world_size`` processes; return the values in rank order.
+
+    ``cpu_only`` (default: True for forked children, False for spawned ones, which GPU tests use)
+    sets MEGATRON_GRPO_DEVICE=cpu in the children so that they take the gloo/CPU path even on a
+    GPU machine (a forked child must never initialise CUDA).
+    """
     method = start_method or os.environ.get("MEGATRON_GRPO_TEST_START", "fork")
+    if cpu_only is None:
+        cpu_only = method == "fork"
     if method == "fork":
         _preimport()
     ctx = mp.get_context(method)
     results = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_child, args=(fn, rank, world_size, port, results, args, kwargs), daemon=False)
+        ctx.Process(target=_child, args=(fn, rank, world_size, port, results, args, kwargs, cpu_only),
+                    daemon=False)
         for rank in range(world_size)
     ]
     for p in procs:

@@ -100,3 +100,36 @@ def _fails_on_rank_one():
 def test_child_failure_carries_traceback():
     with pytest.raises(DistributedTestError, match=r"(?s)rank 1 of 2.*KeyError: 'boom on rank one'"):
         run_distributed(_fails_on_rank_one, 2)
+
+
+def _device_mode_per_thread():
+    import threading
+
+    import torch
+
+    from megatron_grpo import cpu_compat
+
+    init_distributed()
+    assert cpu_compat.is_active()
+    main_thread = torch.zeros(2, device="cuda").device.type  # megatron-style factory call
+    seen = {}
+
+    def worker():
+        try:
+            torch.zeros(2, device="cuda")
+            seen["bare"] = "ok"
+        except (AssertionError, RuntimeError) as e:  # CPU-only torch refuses CUDA tensors
+            seen["bare"] = type(e).__name__
+        with cpu_compat.cpu_device_mode(), cpu_compat.cpu_device_mode():  # re-entry is a no-op
+            seen["mode"] = torch.ones(2, device="cuda").cuda().device.type
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    return main_thread, seen
+
+
+def test_cpu_device_mode_is_per_thread():
+    (main_thread, seen), = run_distributed(_device_mode_per_thread, 1)
+    assert main_thread == "cpu"
+    assert seen == {"bare": seen["bare"], "mode": "cpu"} and seen["bare"] != "ok"

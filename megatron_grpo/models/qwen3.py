@@ -131,7 +131,7 @@ def transformer_config_from_hf(
         pipeline_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
         fp16=params_dtype == torch.float16,
-        use_cpu_initialization=not torch.cuda.is_available(),
+        use_cpu_initialization=not cpu_compat.cuda_enabled(),
     )
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
