@@ -121,7 +121,7 @@ def ray_start_argv(
     if role not in ("head", "worker"):
         raise ValueError(f"ray node role must be head or worker, got {role!r}")
     ports = RayPorts(port)
-    argv = ["ray", "start", "--block", "--num-gpus=0", f"--node-name={node_name}", "--disable-usage-stats"]
+    argv = [ray_executable(), "start", "--block", "--num-gpus=0", f"--node-name={node_name}", "--disable-usage-stats"]
     if role == "head":
         argv += ["--head", f"--node-ip-address={head_ip}", "--include-dashboard=false"]
         if temp_dir:
@@ -134,6 +134,12 @@ def ray_start_argv(
     if object_store_bytes is not None:
         argv.append(f"--object-store-memory={object_store_bytes}")
     return argv
+
+
+def ray_executable() -> str:
+    """The ``ray`` CLI of this interpreter's environment (a venv's bin/ need not be on PATH)."""
+    beside = Path(sys.executable).with_name("ray")
+    return str(beside) if beside.exists() else "ray"
 
 
 def wait_for_ray_nodes(address: str, expected: Sequence[str], timeout_s: float, poll_s: float = 1.0) -> list[str]:
@@ -182,7 +188,7 @@ class RayNode:
 
     def start(self) -> RayNode:
         env = dict(os.environ, **RAY_ENV)
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             self.argv, env=env, stdout=out, stderr=subprocess.STDOUT,
             preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN),
@@ -446,8 +452,7 @@ def _cli(argv: list[str]) -> int:
                          num_cpus=args.num_cpus, object_store_bytes=args.object_store_bytes)
     os.environ.update(RAY_ENV)
     print(f"ray-node: {shlex.join(cmd)}", flush=True)
-    ray_bin = Path(sys.executable).with_name("ray")
-    os.execvp(str(ray_bin) if ray_bin.exists() else "ray", [str(ray_bin) if ray_bin.exists() else "ray", *cmd[1:]])
+    os.execvp(cmd[0], cmd)
     return 1  # not reached
 
 
