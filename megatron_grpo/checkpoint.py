@@ -11,7 +11,7 @@ Layout of one checkpoint (``<checkpoint_dir>/step_<n>/``)::
     rng/rank_<r>.pt       per-rank RNG states (python, numpy, torch CPU/CUDA, megatron's tracker);
                           restored only when the world size is unchanged
     training_info.json    {"step", "metrics", "data_state", "layout", "saved_at", "format": 1}
-    config.json           the trainer's full config (whatever dict the caller passed)
+    config.json           the trainer's full config (the dataclass or dict the caller passed)
     run_config.json       {"hf_config": <HF config.json as a dict>, "tokenizer_dir": <path>,
                            "params_dtype": "bfloat16"|"float32"}: enough to rebuild the model at any
                           TP/PP (``build_model_for_export``); "tokenizer_dir" is "tokenizer" (the
@@ -27,11 +27,19 @@ ignored by resume and deleted by the next save. Assumes a file system shared by 
 Retention (``checkpoints_to_keep``): the latest checkpoint is always kept (resume); of the
 checkpoints that HAVE the metric, the k best are kept (ties: the newer wins); a checkpoint WITHOUT
 the metric (saved on a step with no validation, e.g. val_period=3, save_period=2) is kept only
-while it is the latest. With no metric name configured, the k most recent are kept.
+while it is the latest. With no metric name configured, the k most recent are kept. (When
+val_period does not divide save_period few checkpoints carry the metric: a trainer may also save on
+validation steps to give the top-k candidates.)
+
+Use: ``save_checkpoint(policy, dir, step, metrics=..., data_state=..., config=..., keep_top_k=...,
+metric_name=...)``; resume with ``load_checkpoint(resolve_resume(cfg.resume, dir), policy)``; export
+with ``build_model_for_export(step_dir)`` (any TP/PP) + ``read_run_config(step_dir)["tokenizer_dir"]``
++ ``models.hf_mapping.save_hf_checkpoint``. Tested with megatron-core 0.16.1 and 0.19.2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -138,15 +146,17 @@ def save_checkpoint(
     *,
     metrics: dict[str, float] | None = None,
     data_state: dict[str, Any] | None = None,
-    config: dict[str, Any] | None = None,
+    config: Any = None,
     tokenizer_dir: str | None = None,
     keep_top_k: int | None = None,
     metric_name: str | None = None,
     higher_is_better: bool = True,
 ) -> Path:
     """Write ``<checkpoint_dir>/step_<step>`` atomically, then apply retention. Collective: every
-    rank calls it with the same arguments. ``policy`` is a ``MegatronPolicy``. ``data_state`` and
-    ``metrics`` must be JSON-serializable. Returns the final folder."""
+    rank calls it with the same arguments. ``policy`` is a ``MegatronPolicy``; ``config`` the
+    trainer's config (dataclass or dict); ``data_state`` and ``metrics`` JSON-serializable. Retention
+    (``keep_top_k`` by ``metrics[metric_name]``, see the module docstring) runs after the rename.
+    Returns the final folder."""
     from megatron.core import dist_checkpointing, parallel_state
 
     root = Path(checkpoint_dir)
@@ -180,6 +190,8 @@ def save_checkpoint(
             },
             "saved_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
+        if dataclasses.is_dataclass(config):
+            config = dataclasses.asdict(config)
         _write_json(tmp / "config.json", config or {})
         _write_json(tmp / "run_config.json", _run_config(policy, tmp, tokenizer_dir))
         _write_json(tmp / "training_info.json", info)  # written last: marks the content complete
