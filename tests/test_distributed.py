@@ -115,11 +115,14 @@ def _device_mode_per_thread():
     seen = {}
 
     def worker():
-        try:
-            torch.zeros(2, device="cuda")
-            seen["bare"] = "ok"
-        except (AssertionError, RuntimeError) as e:  # CPU-only torch refuses CUDA tensors
-            seen["bare"] = type(e).__name__
+        if torch.cuda.is_available():  # a forked child must not touch a real GPU
+            seen["bare"] = "not tried on a CUDA machine"
+        else:
+            try:
+                torch.zeros(2, device="cuda")
+                seen["bare"] = "ok"
+            except (AssertionError, RuntimeError) as e:  # CPU-only torch refuses CUDA tensors
+                seen["bare"] = type(e).__name__
         with cpu_compat.cpu_device_mode(), cpu_compat.cpu_device_mode():  # re-entry is a no-op
             seen["mode"] = torch.ones(2, device="cuda").cuda().device.type
 
