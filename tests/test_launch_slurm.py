@@ -322,3 +322,24 @@ def test_submit_refuses_a_config_that_fails_preflight(job_config, tmp_path):
     with pytest.raises(launch.PreflightFailed, match="layout"):
         launch.submit(job_config, ["policy.tensor_model_parallel_size=4"], nodes=1, gpus_per_node=0,
                       ntasks_per_node=2, cluster="local", folder=tmp_path / "submitit")
+
+
+@pytest.mark.slow
+def test_launch_submitit_tool_debug_cluster(job_config, tmp_path, monkeypatch, capsys):
+    """tools/launch_submitit.py end to end with cluster=debug (one rank, in this process)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("launch_submitit", REPO / "tools/launch_submitit.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.chdir(tmp_path)
+    rc = tool.main([str(job_config), "grpo.max_num_steps=2", "--cluster", "debug", "--gpus-per-node", "0",
+                    "--ntasks-per-node", "1", "--no-ray", "--train-cmd", train_cmd(tmp_path), "--wait",
+                    "--folder", str(tmp_path / "submitit")])
+    assert rc == 0, capsys.readouterr()
+    assert "results: [0]" in capsys.readouterr().out
+    assert (tmp_path / "results/exp/checkpoints/step_2").is_dir()
+    # a config that fails preflight is not submitted; the fix is printed
+    assert tool.main([str(job_config), "policy.tensor_model_parallel_size=4", "--cluster", "debug",
+                      "--gpus-per-node", "0", "--ntasks-per-node", "1"]) == 1
+    assert "fix:" in capsys.readouterr().err
