@@ -20,8 +20,9 @@ $(VENV)/.installed: setup.py
 lint: venv
 	$(VENV)/bin/ruff check megatron_grpo environment tools tests bench
 
+# One torch thread per process: the multi-process tests share 2 cores in CI.
 test: venv lint slurm-up
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: venv
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

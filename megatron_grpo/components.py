@@ -78,7 +78,8 @@ def build_engine(backend: str, gen: GenerationConfig, policy: Any, model_dir: st
         dtype = torch.bfloat16 if getattr(policy, "bf16", False) else torch.float32
         return make_engine("hf", model=model_dir, device=device, dtype=dtype, pad_token_id=pad_id)
     if backend == "megatron":
-        return make_engine("megatron", policy=policy)
+        return make_engine("megatron", policy=policy, pad_token_id=pad_id,
+                           offload_optimizer=policy.cfg.optimizer.offload_during_generation)
     if backend == "vllm":
         return make_engine(
             "vllm",

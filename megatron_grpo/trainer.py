@@ -83,6 +83,7 @@ class Run:
     renderer: Any
     tokenizer: Any
     spmd_engine: bool
+    engine_shares_weights: bool  # the megatron engine decodes with the policy's own model: no refit
     train_samples: list[dict]
     val_samples: list[dict]
     sampler: Any
@@ -110,9 +111,7 @@ def setup(cfg: Config) -> Run:
     from megatron_grpo.rollout.tool_subset import restrict_tools
 
     p = cfg.policy
-    layout = init_distributed(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
-                              p.sequence_parallel, seed=cfg.grpo.seed)
-    torch.manual_seed(cfg.grpo.seed + layout.rank)
+    # cheap checks first: bad data or batch math fail before any process group or model exists
     train_samples = [restrict_tools(s, cfg.env.tool_subset) for s in load_samples(cfg.data.train_path)]
     val_samples = [restrict_tools(s, cfg.env.tool_subset) for s in load_samples(cfg.data.validation_path)]
     if cfg.grpo.max_val_samples is not None:
@@ -129,6 +128,9 @@ def setup(cfg: Config) -> Run:
                                          cfg.grpo.max_num_epochs, cfg.grpo.max_num_steps)
     model_dir = resolve_model_dir(p.model_name)
     tokenizer = load_tokenizer(cfg)
+    layout = init_distributed(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
+                              p.sequence_parallel, seed=cfg.grpo.seed)
+    torch.manual_seed(cfg.grpo.seed + layout.rank)
     policy = MegatronPolicy(p, layout, model_dir, train_iters=total_steps)
     backend = resolve_backend(cfg.generation)
     spmd_engine = backend in SPMD_BACKENDS
@@ -139,7 +141,7 @@ def setup(cfg: Config) -> Run:
     sampler = PromptSampler(train_samples, cfg.grpo.num_prompts_per_step, seed=cfg.grpo.seed,
                             shuffle=cfg.data.shuffle)
     return Run(cfg, layout, policy, engine, env, ChatRenderer(tokenizer), tokenizer, spmd_engine,
-               train_samples, val_samples, sampler, total_steps, model_dir,
+               backend == "megatron", train_samples, val_samples, sampler, total_steps, model_dir,
                Path(cfg.checkpointing.checkpoint_dir).parent)
 
 
@@ -298,9 +300,12 @@ def step_metrics(run: Run, ro: Rollouts, train: dict[str, float], timer: PhaseTi
 
 
 def refit(run: Run) -> None:
-    """Stream the policy's HF-named weights into the engine (collective: every rank drains it)."""
+    """Stream the policy's HF-named weights into the engine. The stream is collective (gathers over
+    TP/PP), so ranks without an engine drain it too; the megatron engine needs no refit at all."""
+    if run.engine_shares_weights:
+        return
     stream = run.policy.weight_stream(run.cfg.generation.refit_bucket_mb << 20)
-    if run.engine is not None and not getattr(run.engine, "shares_policy_weights", False):
+    if run.engine is not None:
         run.engine.load_weights(stream)
     else:
         for _ in stream:
@@ -336,13 +341,13 @@ def resume(run: Run) -> int:
 def train(cfg: Config) -> dict[str, float]:
     """Run GRPO to ``total_steps`` (or until preempted); return the last step's metrics."""
     from megatron_grpo.metrics import MetricsLogger
-    from megatron_grpo.preemption import PREEMPTION_EXIT_CODE, PreemptionFlag
+    from megatron_grpo.preemption import PreemptionFlag
 
     run = setup(cfg)
     loss_fn = grpo.make_loss_fn(cfg.loss_fn)
     start = resume(run)
     ckpt = cfg.checkpointing
-    preempt = PreemptionFlag()
+    preempt = PreemptionFlag().install()
     last: dict[str, float] = {}
     logger = MetricsLogger(cfg.logger, cfg.logger.log_dir, total_steps=run.total_steps, config=to_dict(cfg))
     with logger:
@@ -364,16 +369,17 @@ def train(cfg: Config) -> dict[str, float]:
             if cfg.grpo.val_period > 0 and (step % cfg.grpo.val_period == 0 or is_last):
                 with timer("validation"):
                     last.update(validate(run, step))
-            stop = preempt.should_stop()
+            stop = preempt.should_stop_all()  # collective: every rank agrees
             if ckpt.enabled and (step % ckpt.save_period == 0 or is_last or stop):
                 with timer("checkpoint"):
                     save(run, step, last)
             last.update({f"timing/{k}": v for k, v in timer.seconds.items()})
             logger.log(step, last)
             if stop:
-                log.warning("preempted: checkpoint saved at step %d; exit code %d", step, PREEMPTION_EXIT_CODE)
+                log.warning("preempted (%s): checkpoint saved at step %d; exiting for requeue", preempt.reason, step)
+                logger.close()
                 _shutdown(run)
-                sys.exit(PREEMPTION_EXIT_CODE)
+                preempt.exit_for_requeue(step)
     if ckpt.export_hf_at_end:
         export_hf(run)
     _shutdown(run)

@@ -1,0 +1,167 @@
+"""The GRPO trainer end to end on 2 real gloo processes (TP=2): train, checkpoint, resume, export.
+
+One tiny Qwen3 (random, save_pretrained), a tokenizer trained in-process, generated tasks, the
+Megatron policy, the hf engine refit every step, the workplace environment. Run A trains 4 steps and
+saves at steps 2 and 4; run B starts from a copy of run A's step-2 checkpoint and must reproduce
+run A's steps 3 and 4 exactly (data position, weights, optimizer state and sampling seeds restored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SANDBOX = SHARED / "data" / "workplace_assistant" / "csv_data"
+TINY = REPO / "configs" / "tiny_cpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Tasks, tokenizer and a tiny model on disk; returns (root, base overrides)."""
+    from environment.workplace.tasks import generate_tasks
+    from megatron_grpo.data.samples import write_jsonl
+    from megatron_grpo.demo import DEMO_TEMPLATES
+    from megatron_grpo.models.tiny import save_tiny_qwen3
+    from megatron_grpo.models.tiny_tokenizer import sample_texts, train_tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("trainer")
+    tasks = generate_tasks(40, seed=3, data_dir=str(SANDBOX), templates=DEMO_TEMPLATES)
+    write_jsonl(root / "train.jsonl", tasks[:32])
+    write_jsonl(root / "validation.jsonl", tasks[32:])
+    tokenizer = train_tiny_tokenizer(sample_texts(tasks), vocab_size=512)
+    model = save_tiny_qwen3(root / "model", len(tokenizer), tokenizer=tokenizer, num_layers=2, hidden=64,
+                            max_position_embeddings=4096, init_std=0.02, seed=1)
+    overrides = [
+        f"policy.model_name={model}",
+        f"data.train_path={root / 'train.jsonl'}",
+        f"data.validation_path={root / 'validation.jsonl'}",
+        "policy.tensor_model_parallel_size=2",
+        "grpo.num_prompts_per_step=2",
+        "grpo.num_generations_per_prompt=2",
+        "policy.train_global_batch_size=4",
+        "policy.train_micro_batch_size=2",
+        "policy.logprob_batch_size=2",
+        "generation.max_new_tokens=12",
+        "grpo.max_rollout_turns=2",
+        "grpo.max_val_samples=2",
+        "grpo.val_period=2",
+        "grpo.val_at_start=false",
+        "env.num_actors=0",
+        "checkpointing.save_period=2",
+        "checkpointing.keep_top_k=3",
+    ]
+    return root, overrides
+
+
+def _train(run_dir: Path, overrides: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    from tests.dist_utils import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+           f"--master-port={free_port()}", "-m", "megatron_grpo.cli", "train", "--config", str(TINY),
+           f"checkpointing.checkpoint_dir={run_dir / 'checkpoints'}", f"logger.log_dir={run_dir / 'logs'}",
+           *overrides]
+    env = dict(os.environ, WORKPLACE_DATA_DIR=str(SANDBOX), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert proc.returncode == 0, f"train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def _metrics(run_dir: Path) -> dict[int, dict]:
+    lines = (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()
+    return {rec["step"]: rec for rec in map(json.loads, lines)}
+
+
+@pytest.mark.slow
+def test_grpo_tp2_trains_checkpoints_resumes_and_exports(tiny_run):
+    root, overrides = tiny_run
+    run_a = root / "run_a"
+    _train(run_a, [*overrides, "grpo.max_num_steps=4", "checkpointing.export_hf_at_end=true"])
+
+    metrics_a = _metrics(run_a)
+    assert sorted(metrics_a) == [1, 2, 3, 4]
+    for step, rec in metrics_a.items():
+        for key in ("train:reward_mean", "train:accuracy", "policy_loss", "grad_norm", "gen_train_logprob_error",
+                    "train:generation_tokens_per_s", "timing/generation", "timing/train", "timing/refit"):
+            assert key in rec, (step, key)
+        # the engine holds the policy's weights after every refit: the logprob mismatch stays tiny
+        assert rec["gen_train_logprob_error"] < 1e-4, rec["gen_train_logprob_error"]
+    assert "val:accuracy" in metrics_a[2] and "val:accuracy" in metrics_a[4]
+
+    ckpts = sorted(p.name for p in (run_a / "checkpoints").glob("step_*"))
+    assert ckpts == ["step_2", "step_4"]
+    info = json.loads((run_a / "checkpoints" / "step_4" / "training_info.json").read_text())
+    assert info["step"] == 4 and info["layout"]["tp"] == 2 and "val:accuracy" in info["metrics"]
+
+    # run B: resume from step 2 and reproduce steps 3 and 4 exactly
+    run_b = root / "run_b"
+    (run_b / "checkpoints").mkdir(parents=True)
+    shutil.copytree(run_a / "checkpoints" / "step_2", run_b / "checkpoints" / "step_2")
+    _train(run_b, [*overrides, "grpo.max_num_steps=4", "checkpointing.resume=auto"])
+    metrics_b = _metrics(run_b)
+    assert sorted(metrics_b) == [3, 4]
+    for step in (3, 4):
+        for key in ("train:reward_mean", "policy_loss", "grad_norm", "train:mean_seq_len"):
+            assert metrics_b[step][key] == pytest.approx(metrics_a[step][key], rel=1e-5, abs=1e-7), (step, key)
+
+    # the end-of-run HF export (TP=2, from the live policy) equals convert-to-hf of the last checkpoint
+    # (TP=1, from disk), and transformers loads both
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    converted = root / "converted"
+    proc = subprocess.run([sys.executable, "-m", "megatron_grpo.cli", "convert-to-hf",
+                           str(run_a / "checkpoints" / "step_4"), "--out", str(converted)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    exported = AutoModelForCausalLM.from_pretrained(run_a / "hf_export", dtype=torch.float32).state_dict()
+    from_ckpt = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32).state_dict()
+    assert exported.keys() == from_ckpt.keys()
+    for key in exported:
+        assert torch.equal(exported[key], from_ckpt[key]), key
+
+
+def test_bad_config_key_names_the_closest_key(tiny_run):
+    root, overrides = tiny_run
+    proc = subprocess.run(
+        [sys.executable, "-m", "megatron_grpo.cli", "train", "--config", str(TINY), "grpo.num_prompt_per_step=3"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert proc.returncode == 2
+    assert "grpo.num_prompt_per_step" in proc.stderr and "did you mean 'num_prompts_per_step'" in proc.stderr
+
+
+def test_bad_data_line_names_file_line_and_field(tiny_run, tmp_path):
+    from megatron_grpo.config import load_config
+    from megatron_grpo.data.samples import SampleError
+    from megatron_grpo.trainer import setup
+
+    root, overrides = tiny_run
+    lines = (root / "train.jsonl").read_text().splitlines()
+    bad = json.loads(lines[2])
+    del bad["ground_truth"]
+    lines[2] = json.dumps(bad)
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    cfg = load_config(TINY, [*overrides, f"data.train_path={path}"])
+    with pytest.raises(SampleError) as err:
+        setup(cfg)  # data is validated before any model is built
+    assert f"{path}:3" in str(err.value) and "ground_truth" in str(err.value)
+
+
+def test_batch_math_error_names_the_fix(tiny_run):
+    from megatron_grpo.config import ConfigError, load_config
+    from megatron_grpo.trainer import setup
+
+    root, overrides = tiny_run
+    cfg = load_config(TINY, [*overrides, "policy.train_global_batch_size=3"])
+    with pytest.raises(ConfigError, match="policy.train_global_batch_size"):
+        setup(cfg)
