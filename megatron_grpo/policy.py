@@ -470,6 +470,10 @@ def _build_optimizer(cfg: PolicyConfig, ddp: torch.nn.Module, params_dtype: torc
     o = cfg.optimizer
     if o.min_lr > o.lr:
         raise PolicyInputError(f"policy.optimizer.min_lr={o.min_lr} must be <= policy.optimizer.lr={o.lr}")
+    if o.lr_warmup_steps > 0 and not 0.0 <= o.lr_warmup_init <= o.lr:
+        raise PolicyInputError(
+            f"policy.optimizer.lr_warmup_init={o.lr_warmup_init} must be in [0, policy.optimizer.lr={o.lr}]"
+        )
     if o.lr_decay_style not in ("constant", "linear", "cosine"):
         raise PolicyInputError(
             f"policy.optimizer.lr_decay_style must be constant, linear or cosine, got {o.lr_decay_style!r}"
