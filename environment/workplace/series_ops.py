@@ -91,11 +91,13 @@ def checked_value(dtype: str, value: Any) -> Any:
     if dtype == STR:
         if isinstance(value, list):
             raise ValueError("Must have equal len keys and value when setting with an iterable")
-        if isinstance(value, dict):
-            raise TypeError(
-                "Invalid value for dtype 'str'. Value should be a string or missing value "
-                "(or array of those)."
-            )
+        if isinstance(value, dict):  # aligned on the row labels like a Series: nothing matches
+            if _numeric_mapping(value):
+                raise TypeError(
+                    "Invalid value for dtype 'str'. Value should be a string or missing value "
+                    "(or array of those)."
+                )
+            return MISSING
         if is_missing(value):
             return MISSING
         if not isinstance(value, str):
@@ -107,6 +109,11 @@ def checked_value(dtype: str, value: Any) -> Any:
     assert dtype == OBJECT
     if isinstance(value, list):
         raise ValueError("setting an array element with a sequence.")
-    if isinstance(value, dict):
+    if isinstance(value, dict):  # pandas aligns a dict on the row labels: nothing matches
         return MISSING
     return value
+
+
+def _numeric_mapping(value: dict) -> bool:
+    """A dict whose values make a numeric Series (reindexing it gives float NaN, which str rejects)."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values())

@@ -157,17 +157,18 @@ def _parse_iso(text: str) -> Stamp | None:
     return Stamp(wall.replace(microsecond=int(frac[:6])), int(frac[6:]), offset)
 
 
+_PLAIN_NUMBER = re.compile(r"\s*[+-]?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?\s*", re.ASCII)
+
+
 def _looks_like_datetime(text: str) -> bool:
-    """pandas' ``does_string_look_like_datetime``: plain numbers below 1000 are not dates."""
+    """pandas' ``does_string_look_like_datetime``: plain (ASCII) numbers below 1000 are not dates."""
     if not text or text[0] == "0":
         return True
     if text in ("a", "A", "m", "M", "p", "P", "t", "T"):
         return False
-    try:
-        number = float(text)
-    except ValueError:
+    if not _PLAIN_NUMBER.fullmatch(text):
         return True
-    return number >= 1000
+    return float(text) >= 1000
 
 
 def _looks_like_time(text: str) -> bool:
