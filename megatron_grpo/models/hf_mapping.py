@@ -309,13 +309,18 @@ def _gather_tp(tensor: torch.Tensor, group, tp: int) -> list[torch.Tensor]:
     return parts
 
 
+def _cat(parts, dim: int) -> torch.Tensor:
+    """torch.cat without the copy when there is one part (TP=1: a view of the parameter)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
 def _hf_from_shards(entry: _Entry, shards: list[torch.Tensor], geo: _Geometry) -> list[tuple[str, torch.Tensor]]:
     if entry.kind == "replicated":
         return [(entry.hf_names[0], shards[0])]
     if entry.kind == "row":
-        return [(entry.hf_names[0], torch.cat(shards, dim=1))]
+        return [(entry.hf_names[0], _cat(shards, dim=1))]
     if entry.kind == "vocab":
-        return [(entry.hf_names[0], torch.cat(shards, dim=0)[: geo.vocab])]
+        return [(entry.hf_names[0], _cat(shards, dim=0)[: geo.vocab])]
     if entry.kind == "qkv":
         d, qpg = geo.head_dim, geo.q_per_group
         tail = shards[0].shape[1:]
@@ -324,7 +329,7 @@ def _hf_from_shards(entry: _Entry, shards: list[torch.Tensor], geo: _Geometry) -
         return [(n, t.reshape(-1, *tail)) for n, t in zip(entry.hf_names, (q, k, v))]
     if entry.kind == "gate_up":
         gates, ups = zip(*(torch.chunk(s, 2, dim=0) for s in shards))
-        return [(entry.hf_names[0], torch.cat(gates, dim=0)), (entry.hf_names[1], torch.cat(ups, dim=0))]
+        return [(entry.hf_names[0], _cat(gates, dim=0)), (entry.hf_names[1], _cat(ups, dim=0))]
     raise AssertionError(entry.kind)
 
 
@@ -368,8 +373,9 @@ def iter_hf_weights(model, bucket_bytes: int) -> Iterator[list[tuple[str, torch.
     COLLECTIVE: every rank of the model-parallel (TP x PP) group must iterate it to the end; each
     rank yields the same buckets (gathered over TP, broadcast over PP). A tensor larger than
     ``bucket_bytes`` comes alone in its bucket. A generator: apart from the bucket being built it
-    holds only the tensor being gathered. Tensors are on the model's device in its dtype; those
-    of replicated parameters alias the live parameters, so copy them if kept past a step.
+    holds only the tensor being gathered. Tensors are on the model's device in its dtype; some
+    are views of the live parameters (replicated ones; most at TP=1), so copy them if kept past
+    an optimizer step.
     """
     if bucket_bytes <= 0:
         raise ValueError(f"bucket_bytes must be positive, got {bucket_bytes}")
@@ -432,7 +438,9 @@ def save_hf_checkpoint(
     total, dtype = 0, None
     for i, bucket in enumerate(iter_hf_weights(model, max_shard_bytes)):
         if writer:
-            tensors = {n: t.detach().to("cpu").contiguous() for n, t in bucket}
+            # copies: at TP=1 gate/up (and q/k/v) are views of one fused parameter, and
+            # safetensors refuses tensors that share memory
+            tensors = {n: t.detach().to("cpu", copy=True).contiguous() for n, t in bucket}
             save_file(tensors, str(tmp / f"shard-{i}.safetensors"), metadata={"format": "pt"})
             shard_names.append(list(tensors))
             total += sum(t.numel() * t.element_size() for t in tensors.values())
