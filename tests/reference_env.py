@@ -8,12 +8,14 @@ wrap errors, serialize with pydantic), and ``reference_reward`` runs its ``utils
 Only pandas (and pydantic for the response body) are needed; the FastAPI app is not imported.
 """
 
+import atexit
 import contextlib
 import functools
 import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,8 +65,9 @@ def extract_reference(wheel: Path, dest: Path) -> Path:
 
 
 def reference_root() -> Path:
-    """A temporary folder holding the extracted reference package (kept for the process lifetime)."""
+    """A temporary folder holding the extracted reference package (removed when the process exits)."""
     dest = Path(tempfile.mkdtemp(prefix="nemo_gym_ref_"))
+    atexit.register(shutil.rmtree, dest, ignore_errors=True)
     return extract_reference(reference_wheel(), dest)
 
 
