@@ -227,3 +227,14 @@ def test_tp2_pp2_on_four_ranks_logits_and_stream(checkpoints):
             tensors, _ = r[f"stream_{kind}"]
             assert sorted(tensors) == sorted(expected)
             assert all(torch.equal(tensors[n], expected[n]) for n in expected)
+
+
+def test_convert_shard_size_parsing():
+    import argparse
+
+    from megatron_grpo.convert import parse_size
+
+    assert parse_size("2GB") == 2 * 10**9 and parse_size("2GiB") == 2 * 2**30
+    assert parse_size("500MiB") == 500 * 2**20 and parse_size("40KB") == 40_000 and parse_size("1000") == 1000
+    with pytest.raises(argparse.ArgumentTypeError, match="--max-shard-size"):
+        parse_size("two gigs")
