@@ -79,7 +79,8 @@ class WorkplaceEnv:
         else:
             try:
                 parsed = json.loads(arguments)
-            except (json.JSONDecodeError, TypeError) as e:
+            except (json.JSONDecodeError, TypeError, RecursionError) as e:
+                # (the reference agent would crash on a RecursionError; the model sees it as invalid here)
                 return json.dumps({"error": f"Invalid tool call arguments: {e!r}"})
         if not isinstance(parsed, dict):
             return _validation_error_text(parsed)
