@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from megatron_grpo import cpu_compat
 from megatron_grpo.config import Config, EnvConfig, GenerationConfig
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def resolve_backend(gen: GenerationConfig) -> str:
     """``auto`` -> the megatron engine module's rule when it exists, else vllm/hf by what is here."""
     if gen.backend != "auto":
         return gen.backend
-    has_cuda = torch.cuda.is_available()
+    has_cuda = cpu_compat.cuda_enabled()
     try:
         import importlib.util
 

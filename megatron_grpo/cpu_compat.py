@@ -90,7 +90,9 @@ class _CudaToCpuMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _stub_paged_stash_if_no_triton() -> None:
+def stub_missing_triton() -> None:
+    """megatron-core >= 0.17 imports triton unguarded (MoE paged stash); without triton (CPU wheels)
+    register a stub module first. Must run before the first ``import megatron.core``."""
     name = "megatron.core.transformer.moe.ops.paged_stash"
     if importlib.util.find_spec("triton") is not None or name in sys.modules:
         return
@@ -143,7 +145,7 @@ def apply() -> bool:
     if cuda_enabled():
         return False
     if not _applied:
-        _stub_paged_stash_if_no_triton()
+        stub_missing_triton()
         _patch_device_queries()
         _patch_rng()
         _applied = True

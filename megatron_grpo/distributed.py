@@ -208,6 +208,7 @@ def init_distributed(
     (megatron has nothing to split otherwise), as Megatron-LM does.
     """
     global _layout
+    cpu_compat.stub_missing_triton()  # before the first megatron import (megatron-core >= 0.17)
     from megatron.core import parallel_state, tensor_parallel
 
     if _layout is not None:

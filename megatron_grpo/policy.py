@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
+from megatron_grpo import cpu_compat
 from megatron_grpo.config import PolicyConfig
 
 if TYPE_CHECKING:
@@ -122,8 +123,9 @@ class MegatronPolicy:
         self.hf_dir = str(hf_dir)
         self.temperature = float(temperature)
         self._check_layout(parallel_state)
-        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
-        self.bf16 = torch.cuda.is_available() and cfg.precision == "bfloat16"
+        on_gpu = cpu_compat.cuda_enabled()  # MEGATRON_GRPO_DEVICE=cpu forces the CPU path
+        self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else None
+        self.bf16 = on_gpu and cfg.precision == "bfloat16"
         if cfg.precision not in ("bfloat16", "float32"):
             raise PolicyInputError(f"policy.precision must be 'bfloat16' or 'float32', got {cfg.precision!r}")
         params_dtype = torch.bfloat16 if self.bf16 else torch.float32

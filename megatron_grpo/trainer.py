@@ -264,7 +264,7 @@ def step_metrics(run: Run, ro: Rollouts, train: dict[str, float], timer: PhaseTi
     mask = ro.batch["loss_mask"]
     lengths = ro.batch["lengths"].tolist()
     shape = flops.DecoderShape.from_hf_config(run.policy.hf_config)
-    device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    device_name = torch.cuda.get_device_name() if run.policy.device is not None else "cpu"
     out = {
         metrics.TRAIN_ACCURACY: float((ro.rewards == 1.0).float().mean()),
         metrics.REWARD_MEAN: float(ro.rewards.mean()),
