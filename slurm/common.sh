@@ -173,9 +173,9 @@ grpo_run_job() {
             done_pid=""
             wait -n -p done_pid "$waiter" "${RAY_PIDS[@]}"
             rc=$?
-            [ -n "$done_pid" ] && break
+            [ -n "${done_pid:-}" ] && break
         done
-        if [ "$done_pid" != "$waiter" ]; then
+        if [ "${done_pid:-}" != "$waiter" ]; then
             grpo_log "ERROR: a Ray step exited (rc $rc) before all nodes joined; see $LOG_DIR/ray-*-$JOB_ID.log"
             kill "$waiter" 2>/dev/null
             return 1
@@ -208,8 +208,8 @@ grpo_run_job() {
         done_pid=""
         wait -n -p done_pid "$TRAIN_PID" "${RAY_PIDS[@]}"
         rc=$?
-        [ -n "$done_pid" ] || continue   # a trapped signal interrupted wait
-        if [ "$done_pid" = "$TRAIN_PID" ]; then
+        [ -n "${done_pid:-}" ] || continue   # a trapped signal interrupted wait
+        if [ "${done_pid:-}" = "$TRAIN_PID" ]; then
             train_rc=$rc
         else
             local keep=() p

@@ -238,6 +238,22 @@ def test_requeue_after_usr1_resumes_at_saved_step(slurm_conf, job_config, tmp_pa
 
 
 @pytest.mark.slow
+def test_signal_to_batch_shell_is_forwarded_to_ranks(slurm_conf, job_config, tmp_path):
+    """--signal=B:USR1 / scancel -b: only the batch shell gets it; the script passes it on."""
+    env = job_env(slurm_conf, TRAIN_CMD=train_cmd(tmp_path), RAY="0", PAYLOAD_STEP_S="0.5", REQUEUE="0")
+    job = sbatch(env, tmp_path, str(job_config), "grpo.max_num_steps=100")
+    log_path = tmp_path / f"results/exp/logs/job-{job}.log"
+    wait_for_text(log_path, r"^0: step 1 ", 120)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=env, check=True)
+    info = wait_job(env, job, 120)
+    log = log_path.read_text()
+    assert info["JobState"] == "FAILED" and info["ExitCode"] == f"{PREEMPT_EXIT_CODE}:0", log
+    assert "got SIGUSR1: asking the trainer ranks to save and exit" in log
+    assert re.search(r"^1: preempted at step \d+ by SIGUSR1: saved$", log, re.M)
+    assert "signal seen here: 1" in log and "requeue job" not in log
+
+
+@pytest.mark.slow
 def test_one_rank_dying_fails_the_job_fast(slurm_conf, job_config, tmp_path):
     # rank 1 dies at once, rank 0 would run for 5 minutes: srun --kill-on-bad-exit must stop it
     cmd = "bash -c 'if [ $RANK = 1 ]; then exit 3; fi; sleep 300' rank"
@@ -271,6 +287,47 @@ def test_ray_wait_names_unreachable_head():
                             capture_output=True, text=True, timeout=60)
     assert rc.returncode == 1
     assert "headnode did not start Ray" in rc.stderr
+
+
+def free_port_block(n: int = 8) -> int:
+    for base in range(23000, 30000, 10):
+        try:
+            socks = []
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
+@pytest.mark.slow
+def test_ray_node_and_wait_name_the_missing_node(tmp_path):
+    """A real Ray head via RayNode; ray-wait finds it, names a node that never joined, and stopping
+    the head leaves no Ray process behind."""
+    port = free_port_block()
+    tag = f"/tmp/ray_mg_t{os.getpid()}"
+    argv = launch.ray_start_argv("head", "127.0.0.1", port, "testhead", temp_dir=tag, num_cpus=1)
+    head = launch.RayNode(argv, tmp_path / "ray-head.log").start()
+    try:
+        wait = [sys.executable, "-m", "megatron_grpo.launch", "ray-wait", "--address", f"127.0.0.1:{port}"]
+        ok = subprocess.run([*wait, "--nodes", "testhead", "--timeout", "120"], capture_output=True,
+                            text=True, timeout=180)
+        assert ok.returncode == 0, ok.stderr + (tmp_path / "ray-head.log").read_text()
+        assert "1 node(s) joined" in ok.stdout and "testhead" in ok.stdout
+        missing = subprocess.run([*wait, "--nodes", "testhead,node-07", "--timeout", "2"], capture_output=True,
+                                 text=True, timeout=120)
+        assert missing.returncode == 1
+        assert "missing node-07" in missing.stderr and "joined: testhead" in missing.stderr
+    finally:
+        rc = head.stop()
+    assert rc is not None
+    assert leftover_ray(tag) == []
 
 
 def test_ray_start_argv_ports_do_not_overlap_between_jobs():
