@@ -166,6 +166,8 @@ def infer_dtype(values: list[Any]) -> str:
 
 def check_str_accessor(values: list[Any]) -> None:
     """The ``.str`` accessor's dtype check on an object column."""
+    if any(isinstance(v, str) for v in values):
+        return  # "string", "mixed" or "mixed-integer": all accepted
     inferred = infer_dtype(values)
     if inferred not in _ALLOWED_STR_ACCESSOR:
         raise AttributeError(f"Can only use .str accessor with string values, not {inferred}")

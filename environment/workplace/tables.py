@@ -62,6 +62,7 @@ class BaseTable:
     columns: tuple[str, ...]
     rows: tuple[dict, ...]
     dtypes: tuple[str, ...]
+    column_cache: dict = field(default_factory=dict, compare=False, repr=False)  # name -> values, read-only
 
 
 @dataclass(frozen=True)
@@ -115,10 +116,21 @@ def load_base_tables(data_dir: str) -> BaseTables:
     return BaseTables(**tables, directory=_read_directory(root / "raw" / "email_addresses.csv"))
 
 
+def _positions(values: list, wanted: str) -> list[int]:
+    """Indices of the cells equal to the string ``wanted`` (list.index scans in C)."""
+    found, i = [], -1
+    while True:
+        try:
+            i = values.index(wanted, i + 1)
+        except ValueError:
+            return found
+        found.append(i)
+
+
 class Table:
     """An episode's view of one database: rows, index labels and dtypes, copied on first write."""
 
-    __slots__ = ("columns", "rows", "labels", "dtypes", "_owned")
+    __slots__ = ("columns", "rows", "labels", "dtypes", "_owned", "_column_cache")
 
     def __init__(self, base: BaseTable):
         self.columns = base.columns
@@ -126,12 +138,20 @@ class Table:
         self.labels: list[int] | None = None  # None: the index is 0..n-1
         self.dtypes = base.dtypes
         self._owned = False
+        self._column_cache = base.column_cache  # shared with the base until the first write
 
     def _own(self) -> None:
         if not self._owned:
             self.rows = list(self.rows)
             self.dtypes = list(self.dtypes)
             self._owned = True
+
+    def column(self, name: str) -> list:
+        """The values of one column (cached until the next write; callers must not mutate it)."""
+        values = self._column_cache.get(name)
+        if values is None:
+            values = self._column_cache[name] = [row[name] for row in self.rows]
+        return values
 
     def column_dtype(self, column: str) -> str:
         return self.dtypes[self.columns.index(column)]
@@ -141,24 +161,28 @@ class Table:
 
     def delete_where(self, column: str, value: Any) -> None:
         """Keep the rows whose ``column`` differs from ``value`` (labels of kept rows unchanged)."""
-        self._own()
+        drop = set(_positions(self.column(column), value))
         labels = self.index_labels()
-        kept = [(row, label) for row, label in zip(self.rows, labels) if not row[column] == value]
-        self.rows = [row for row, _ in kept]
-        self.labels = [label for _, label in kept]
+        self._own()
+        self._column_cache = {}
+        self.rows = [row for i, row in enumerate(self.rows) if i not in drop]
+        self.labels = [label for i, label in enumerate(labels) if i not in drop]
 
     def set_where(self, column: str, value: Any, match_column: str, match_value: Any) -> None:
         """``df.loc[df[match_column] == match_value, column] = value`` for an already-checked value."""
+        positions = _positions(self.column(match_column), match_value)
         self._own()
-        for i, row in enumerate(self.rows):
-            if row[match_column] == match_value:
-                new_row = dict(row)
-                new_row[column] = value
-                self.rows[i] = new_row
+        # other columns' cached values stay valid (the lists are never mutated, only replaced)
+        self._column_cache = {k: v for k, v in self._column_cache.items() if k != column}
+        for i in positions:
+            new_row = dict(self.rows[i])
+            new_row[column] = value
+            self.rows[i] = new_row
 
     def append(self, row: dict, ignore_index: bool) -> None:
         """``pd.concat([df, one_row_frame], ignore_index=...)``: dtypes widen to object for non-str."""
         self._own()
+        self._column_cache = {}
         for i, column in enumerate(self.columns):
             if self.dtypes[i] == STR and not isinstance(row[column], str):
                 self.dtypes[i] = OBJECT

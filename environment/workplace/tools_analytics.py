@@ -81,7 +81,7 @@ class AnalyticsTool:
         if not visitor_id:
             return "Visitor ID not provided."
         table = self._state.analytics
-        ids = [r["visitor_id"] for r in table.rows]
+        ids = table.column("visitor_id")
         mask = compare(ids, table.column_dtype("visitor_id"), operator.eq, visitor_id)
         visits = [dict(r) for r, hit in zip(table.rows, mask) if hit]
         if self._state.session_duration_float:

@@ -31,7 +31,7 @@ class CalendarTool:
         self._state = state
 
     def _column(self, name: str) -> list:
-        return [row[name] for row in self._state.calendar.rows]
+        return self._state.calendar.column(name)
 
     def _has_id(self, event_id) -> bool:
         dtype = self._state.calendar.column_dtype("event_id")

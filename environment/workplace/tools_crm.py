@@ -21,7 +21,7 @@ class CustomerRelationshipManagerTool:
 
     def _has_id(self, customer_id) -> bool:
         table = self._state.crm
-        ids = [row["customer_id"] for row in table.rows]
+        ids = table.column("customer_id")
         return contains_value(ids, table.column_dtype("customer_id"), customer_id)
 
     def search_customers(
@@ -113,7 +113,7 @@ class CustomerRelationshipManagerTool:
         if customer_email:
             customer_email = customer_email.lower()
         table = self._state.crm
-        new_id = str(int(column_max([row["customer_id"] for row in table.rows])) + 1).zfill(8)
+        new_id = str(int(column_max(table.column("customer_id"))) + 1).zfill(8)
         new_customer = {
             "customer_id": new_id,
             "customer_name": customer_name,

@@ -24,15 +24,18 @@ class EmailTool:
     def __init__(self, state: EpisodeState):
         self._state = state
 
-    def _texts(self) -> dict[int, str]:
-        """Lower-cased search text of the sandbox's own rows (never mutated), by row identity."""
+    def _texts(self) -> tuple[dict[int, str], list[str]]:
+        """Lower-cased search text of the sandbox's own rows (never mutated): by row identity, and
+        aligned with the base rows."""
         derived = self._state.base.derived
         if "email_text" not in derived:
-            derived["email_text"] = {id(row): _searchable_text(row) for row in self._state.base.emails.rows}
+            texts = [_searchable_text(row) for row in self._state.base.emails.rows]
+            by_id = {id(row): text for row, text in zip(self._state.base.emails.rows, texts)}
+            derived["email_text"] = (by_id, texts)
         return derived["email_text"]
 
     def _ids(self) -> list:
-        return [row["email_id"] for row in self._state.emails.rows]
+        return self._state.emails.column("email_id")
 
     def _rows_with_id(self, email_id) -> list[dict]:
         table = self._state.emails
@@ -60,12 +63,17 @@ class EmailTool:
     def search_emails(self, query="", date_min=None, date_max=None, page=1, page_size=5):
         try:
             words = query.lower().split()
-            texts = self._texts()
-            rows = [
-                row
-                for row in self._state.emails.rows
-                if all(word in (texts.get(id(row)) or _searchable_text(row)) for word in words)
-            ]
+            table = self._state.emails
+            if table.rows is self._state.base.emails.rows:  # untouched: texts aligned with the rows
+                texts = self._texts()[1]
+            else:
+                by_id = self._texts()[0]
+                texts = [by_id.get(id(row)) or _searchable_text(row) for row in table.rows]
+            rows = list(table.rows)
+            for word in words:
+                keep = [word in text for text in texts]
+                rows = [row for row, hit in zip(rows, keep) if hit]
+                texts = [text for text, hit in zip(texts, keep) if hit]
             order = sort_desc_stable_like_numpy([row["sent_datetime"] for row in rows])
             emails = [rows[i] for i in order]
             if date_min:

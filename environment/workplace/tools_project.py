@@ -27,7 +27,9 @@ class ProjectManagementTool:
         self._state = state
 
     def _column(self, name: str, rows=None) -> list:
-        return [row[name] for row in (self._state.project_tasks.rows if rows is None else rows)]
+        if rows is None:
+            return self._state.project_tasks.column(name)
+        return [row[name] for row in rows]
 
     def _assignees(self) -> set:
         return {a.lower() for a in self._column("assigned_to_email") if isinstance(a, str)}
