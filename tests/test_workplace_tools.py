@@ -401,3 +401,21 @@ def test_envelope_texts(env):
     assert env.calls[0] == {"name": "email_delete_email", "arguments": '{"email_id": "123"}'}
     env.reset()
     assert env.calls == []
+
+
+def test_email_exception_wrappers(env):
+    """Each email tool catches exceptions into its own "Error ...: <pandas/Python text>" message."""
+    ambiguous = "The truth value of an array with more than one element is ambiguous. Use a.any() or a.all()"
+    assert out(env, "email_get_email_information_by_id", email_id=["x"], field="subject") == (
+        f"Error retrieving email information: ('Lengths must match to compare', ({len(EMAILS)},), (1,))")
+    assert out(env, "email_delete_email", email_id=["a", "b"]) == f"Error deleting email: {ambiguous}"
+    assert out(env, "email_forward_email", email_id=["a", "b"], recipient="a@b.c") == (
+        f"Error forwarding email: {ambiguous}")
+    assert out(env, "email_reply_email", email_id=["a", "b"], body="x") == f"Error replying to email: {ambiguous}"
+    assert out(env, "email_send_email", recipient=["@", "."], subject="s", body="b") == (
+        "Error sending email: 'list' object has no attribute 'lower'")
+    try:  # the interpreter's own wording (it changed across Python versions)
+        "@" in 5  # noqa: B015
+    except TypeError as e:
+        not_iterable = str(e)
+    assert out(env, "email_send_email", recipient=5, subject="s", body="b") == error("email_send_email", not_iterable)
