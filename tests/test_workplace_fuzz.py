@@ -71,7 +71,36 @@ def _c(tool: str, **args) -> tuple[str, str]:
 
 ADD = {"customer_name": "Zed Q", "assigned_to_email": "nadia.moreau@atlas.com", "status": "Lead"}
 EVENT = {"event_name": "Sync", "participant_email": "luis.ortiz@atlas.com", "event_start": "2023-12-01 10:00:00"}
+LEILA = "leila.azizi@atlas.com"
 TARGETED = {
+    "non-string cells in project, calendar, CRM and email tables": [
+        _c("project_management_create_task", task_name=5, assigned_to_email=LEILA, list_name="Backlog",
+           due_date=20231201, board="Design"),
+        _c("project_management_search_tasks", task_name="add"), _c("project_management_search_tasks", due_date="2023"),
+        _c("project_management_search_tasks", board="Design", task_name="x"),
+        _c("project_management_search_tasks", assigned_to_email=LEILA),
+        _c("project_management_update_task", task_id="00000300", field="task_name", new_value="Renamed"),
+        _c("project_management_update_task", task_id="00000300", field="due_date", new_value=7),
+        _c("project_management_update_task", task_id="00000300", field="task_id", new_value="00000001"),
+        _c("project_management_get_task_information_by_id", task_id="00000001", field="task_name"),
+        _c("project_management_delete_task", task_id="00000001"),
+        _c("calendar_create_event", event_name=12, participant_email="a@b.c", event_start="2023-12-01 10:00:00",
+           duration="30"),
+        _c("calendar_search_events", query="1"), _c("calendar_search_events", query=""),
+        _c("customer_relationship_manager_add_customer", customer_name=99, assigned_to_email="x@y.z",
+           status=["Lead"], customer_email="Q@W.E", product_interest=True),
+        _c("customer_relationship_manager_search_customers", customer_name="9"),
+        _c("customer_relationship_manager_search_customers", status="lead"),
+        _c("customer_relationship_manager_search_customers", customer_email="q@w"),
+        _c("customer_relationship_manager_update_customer", customer_id="00000200", field="status", new_value="Won"),
+        _c("customer_relationship_manager_search_customers", status="won", page_size=100),
+        _c("customer_relationship_manager_add_customer", customer_name="B", assigned_to_email="x@y.z",
+           status="Lead", follow_up_by=5),
+        _c("customer_relationship_manager_search_customers", follow_up_by_min="2023-12-01"),
+        _c("email_send_email", recipient="a@b.c", subject=5, body=["x"]),
+        _c("email_search_emails", query="5"), _c("email_forward_email", email_id="500", recipient="c@d.e"),
+        _c("email_reply_email", email_id="501", body="ok"), _c("email_search_emails", query="fw:"),
+    ],
     "tied sends then searches": [_c("email_send_email", recipient=f"p{i}@x.com", subject=f"Tie {i}", body="same")
                                  for i in range(4)]
     + [_c("email_search_emails", query=""), _c("email_search_emails", query="same", page=2, page_size=3),
