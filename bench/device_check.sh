@@ -99,7 +99,7 @@ if want pytest; then
     # only the files that hold gpu tests (collecting the CPU suite would import ray/datasets, which the
     # device machine lacks); a collection error in one file must not stop the others
     GPU_TEST_FILES=$(grep -l 'pytest.mark.gpu' tests/test_*.py | tr '\n' ' ')
-    run_part pytest 240 "$PY -m pytest -m 'gpu and not vllm' $GPU_TEST_FILES -q -rA --timeout 200 \
+    run_part pytest 240 "$PY -m pytest -m 'gpu and not vllm' $GPU_TEST_FILES -v -rfE --timeout 200 \
         --continue-on-collection-errors -p no:cacheprovider ${PYTEST_ARGS:-}"
 fi
 if want refit; then
@@ -115,7 +115,7 @@ fi
 
 {
     echo "== headline numbers"
-    [ -f "$OUT/pytest.log" ] && tail -n 1 "$OUT/pytest.log" | sed 's/^/pytest: /'
+    [ -f "$OUT/pytest.log" ] && grep -h " PASSED\| FAILED\| ERROR\|passed\|failed" "$OUT/pytest.log" | grep -v "^FAILED\|^ERROR" | sed "s/^/pytest: /"
     [ -f "$OUT/refit.log" ] && grep -h '"ratio_refit_over_floor"' "$OUT/refit.log" | sed 's/^/refit: /'
     [ -f "$OUT/train_step.log" ] && grep -h '"path"\|"ratio_ours_over_bare"' "$OUT/train_step.log" | sed 's/^/train_step: /'
     [ -f "$OUT/generation.log" ] && grep -h '"ratio"\|"compare"' "$OUT/generation.log" | sed 's/^/generation: /'
