@@ -25,6 +25,8 @@ setup(
         "ray>=2.40,<2.61",  # tested: 2.60.0
         "submitit>=1.5,<1.6",  # tested: 1.5.4
         "scikit-learn>=1.5,<2",
+        "python-dateutil>=2.8,<3",  # the environment's date parsing (pandas-compatible)
+        "pyarrow>=15",  # regex search parity with the reference (RE2 through pyarrow); also used by datasets
         "datasets>=3.0,<6",  # tested: 5.2.0
         "rich>=13,<16",
         "matplotlib>=3.8,<4",
@@ -38,6 +40,8 @@ setup(
             "hypothesis>=6.100,<7",
             "ruff>=0.6",
             "wandb>=0.19,<1",
+            "pandas>=2.2,<4",  # the NeMo-Gym reference environment, for differential tests (tested: 3.1.1)
+            "pydantic>=2,<3",
         ],
         # GPU-only, optional: imported only when configured (generation.backend=vllm, transformer_impl=...)
         "gpu": ["vllm>=0.24,<0.34", "transformer-engine[pytorch]>=2.4,<3"],
