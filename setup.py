@@ -25,8 +25,8 @@ setup(
         "ray>=2.40,<2.61",  # tested: 2.60.0
         "submitit>=1.5,<1.6",  # tested: 1.5.4
         "scikit-learn>=1.5,<2",
-        "python-dateutil>=2.8,<3",  # the environment's date parsing (pandas-compatible)
-        "pyarrow>=15",  # regex search parity with the reference (RE2 through pyarrow); also used by datasets
+        "python-dateutil>=2.8,<5",  # the environment's date parsing (pandas-compatible)
+        "pyarrow>=15,<27",  # regex search parity with the reference (RE2 through pyarrow); also used by datasets
         "datasets>=3.0,<6",  # tested: 5.2.0
         "rich>=13,<16",
         "matplotlib>=3.8,<4",
