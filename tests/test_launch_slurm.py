@@ -1,14 +1,18 @@
 """The launch path against a real one-node SLURM (slurm/local/slurm_up.sh) and real submitit executors.
 
 Jobs run `slurm/grpo_1node.sh` with 2 gloo ranks on CPU (`--gpus-per-node=0 --ntasks-per-node=2`).
-The rank command is TRAIN_CMD. Until the trainer lands it is PAYLOAD: a stand-in that behaves like
+Every job gets the same tiny CPU config (configs/tiny_cpu.yaml + the tiny run of tests/test_trainer.py:
+generated tasks, a tokenizer trained here, a tiny Qwen3; TP=2). One job runs the real trainer with
+its environment actors on the job's Ray cluster. For the other jobs the rank command is TRAIN_CMD,
+by default PAYLOAD: a fast stand-in that behaves like
 the trainer where the launcher can see it (reads the config, gloo all-reduce across the srun ranks,
-"step N" log lines, results/<exp>/checkpoints/step_N folders, resume=auto from the latest one,
+the trainer's "step N/M |", "resumed from ... at step N" and "preempted (SIG...): checkpoint saved at
+step N" lines, results/<exp>/checkpoints/step_N folders, resume=auto from the latest one,
 PreemptionFlag -> save -> exit 75), and, on rank 0, connects to RAY_ADDRESS and runs a remote task.
 
-Switching to the real trainer: set ``TRAIN_CMD = "megatron-grpo train"`` and make ``job_config``
-return the tiny CPU config (configs/tiny_cpu.yaml with the demo's locally built model and tasks);
-the assertions only use the log lines / checkpoint folders / exit codes described above.
+Switching them all to the real trainer is one line: ``TRAIN_CMD = "megatron-grpo train"`` (slower:
+about 40 s of start-up per job run on 2 cores); to try it without editing, run with
+``LAUNCH_TEST_TRAIN_CMD="megatron-grpo train"``.
 
 If SLURM cannot run here, slurm_up.sh writes why to $SLURM_LOCAL_DIR/unavailable.txt and every test
 in this file FAILS with that reason.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,11 +35,14 @@ import pytest
 import yaml
 
 from megatron_grpo import launch
+from megatron_grpo.config import load_config, to_dict
 from megatron_grpo.preemption import PREEMPT_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_DIR = Path(os.environ.get("SLURM_LOCAL_DIR", "/tmp/megatron_grpo_slurm"))
-TRAIN_CMD = None  # None -> the PAYLOAD stand-in below; the trainer: "megatron-grpo train"
+SANDBOX = REPO.parent / "shared" / "data" / "workplace_assistant" / "csv_data"
+# None -> the PAYLOAD stand-in below; the trainer: "megatron-grpo train" (or set LAUNCH_TEST_TRAIN_CMD)
+TRAIN_CMD = os.environ.get("LAUNCH_TEST_TRAIN_CMD") or None
 
 PAYLOAD = r'''
 """Stand-in for `megatron-grpo train --config CFG [overrides]` (see tests/test_launch_slurm.py)."""
@@ -60,7 +68,9 @@ start = 1
 if cfg.checkpointing.resume == "auto" and ckpt.is_dir():
     start = max((int(p.name.split("_")[1]) for p in ckpt.glob("step_*")), default=0) + 1
 restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-print(f"rank {rank}/{world} resume at step {start} restart {restart}", flush=True)
+if start > 1:
+    print(f"resumed from {ckpt / f'step_{start - 1}'} at step {start - 1}", flush=True)
+print(f"rank {rank}/{world} restart {restart}", flush=True)
 if rank == 0 and os.environ.get("RAY_ADDRESS"):
     import ray
     ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
@@ -73,7 +83,7 @@ step_s = float(os.environ.get("PAYLOAD_STEP_S", "0"))
 for step in range(start, cfg.grpo.max_num_steps + 1):
     t = torch.tensor([float(rank + 1)])
     dist.all_reduce(t)
-    print(f"step {step} allreduce {t.item():g} world {world}", flush=True)
+    print(f"step {step}/{cfg.grpo.max_num_steps} | allreduce {t.item():g} world {world}", flush=True)
     time.sleep(step_s)
     stop = flag.should_stop_all()
     save = stop or step % cfg.checkpointing.save_period == 0 or step == cfg.grpo.max_num_steps
@@ -82,7 +92,7 @@ for step in range(start, cfg.grpo.max_num_steps + 1):
         (ckpt / f"step_{step}" / "state.json").write_text(json.dumps({"step": step, "allreduce": t.item()}))
     dist.barrier()
     if stop:
-        print(f"preempted at step {step} by {flag.reason}: saved", flush=True)
+        print(f"preempted ({flag.reason}): checkpoint saved at step {step}; exiting for requeue", flush=True)
         dist.destroy_process_group()
         flag.exit_for_requeue(step)
 dist.destroy_process_group()
@@ -110,31 +120,47 @@ def job_env(slurm_conf: str, **extra: str) -> dict[str, str]:
     """The environment sbatch exports to the job: no stray SLURM_* of an outer job, our venv first."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
     env.update(SLURM_CONF=slurm_conf, PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
-               PYTHON=sys.executable, MEGATRON_GRPO_ROOT=str(REPO), RAY_AUTH_MODE="disabled")
+               PYTHON=sys.executable, MEGATRON_GRPO_ROOT=str(REPO), RAY_AUTH_MODE="disabled",
+               WORKPLACE_DATA_DIR=str(SANDBOX), OMP_NUM_THREADS="1")
     env.update(extra)
     return env
 
 
-@pytest.fixture
-def job_config(tmp_path) -> Path:
-    """configs/tiny_cpu.yaml pointed at a tiny model config, data files and a sandbox in tmp_path."""
-    from transformers import Qwen3Config
+@pytest.fixture(scope="module")
+def tiny_assets(tmp_path_factory) -> dict[str, Path]:
+    """The tiny run of tests/test_trainer.py: generated tasks, a tokenizer trained here, a tiny Qwen3."""
+    from environment.workplace.tasks import generate_tasks
+    from megatron_grpo.data.samples import write_jsonl
+    from megatron_grpo.demo import DEMO_TEMPLATES
+    from megatron_grpo.models.tiny import save_tiny_qwen3
+    from megatron_grpo.models.tiny_tokenizer import sample_texts, train_tiny_tokenizer
 
-    Qwen3Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=16).save_pretrained(tmp_path / "model")
-    (tmp_path / "data").mkdir()
-    for name in ("train", "validation"):
-        (tmp_path / "data" / f"{name}.jsonl").write_text("{}\n")
-    (tmp_path / "sandbox" / "processed").mkdir(parents=True)
-    cfg = yaml.safe_load((REPO / "configs/tiny_cpu.yaml").read_text())
-    cfg["policy"]["model_name"] = str(tmp_path / "model")
-    cfg["data"] = {"train_path": str(tmp_path / "data/train.jsonl"),
-                   "validation_path": str(tmp_path / "data/validation.jsonl")}
-    cfg["env"]["data_dir"] = str(tmp_path / "sandbox")
-    cfg["logger"]["log_dir"] = str(tmp_path / "results/exp/logs")
-    cfg["checkpointing"].update(checkpoint_dir=str(tmp_path / "results/exp/checkpoints"), resume="auto",
-                                save_period=2)
-    cfg["grpo"]["max_num_steps"] = 4
+    root = tmp_path_factory.mktemp("tiny_assets")
+    tasks = generate_tasks(40, seed=3, data_dir=str(SANDBOX), templates=DEMO_TEMPLATES)
+    write_jsonl(root / "train.jsonl", tasks[:32])
+    write_jsonl(root / "validation.jsonl", tasks[32:])
+    tokenizer = train_tiny_tokenizer(sample_texts(tasks), vocab_size=512)
+    model = save_tiny_qwen3(root / "model", len(tokenizer), tokenizer=tokenizer, num_layers=2, hidden=64,
+                            max_position_embeddings=4096, init_std=0.02, seed=1)
+    return {"model": Path(model), "train": root / "train.jsonl", "validation": root / "validation.jsonl"}
+
+
+@pytest.fixture
+def job_config(tmp_path, tiny_assets) -> Path:
+    """configs/tiny_cpu.yaml for 2 gloo ranks (TP=2), results under tmp_path/results/exp."""
+    overrides = [
+        f"policy.model_name={tiny_assets['model']}", f"data.train_path={tiny_assets['train']}",
+        f"data.validation_path={tiny_assets['validation']}", "policy.tensor_model_parallel_size=2",
+        "grpo.num_prompts_per_step=2", "grpo.num_generations_per_prompt=2", "policy.train_global_batch_size=4",
+        "policy.train_micro_batch_size=2", "policy.logprob_batch_size=2", "generation.max_new_tokens=12",
+        "grpo.max_rollout_turns=2", "grpo.max_val_samples=2", "grpo.val_period=2", "grpo.val_at_start=false",
+        "grpo.max_num_steps=4", "checkpointing.save_period=2", "checkpointing.resume=auto",
+        "env.num_actors=2",  # the environment actors run on the job's Ray cluster (RAY_ADDRESS)
+        f"env.data_dir={SANDBOX}",
+        f"checkpointing.checkpoint_dir={tmp_path / 'results/exp/checkpoints'}",
+        f"logger.log_dir={tmp_path / 'results/exp/logs'}",
+    ]
+    cfg = to_dict(load_config(REPO / "configs/tiny_cpu.yaml", overrides))
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -148,12 +174,26 @@ def train_cmd(tmp_path: Path) -> str:
     return f"{sys.executable} {payload}"
 
 
+_SUBMITTED: list[tuple[str, dict[str, str]]] = []
+
+
+@pytest.fixture(autouse=True)
+def _cancel_leftover_jobs():
+    """A failing test must not leave its job running (it would hold the node's CPUs)."""
+    yield
+    while _SUBMITTED:
+        job_id, env = _SUBMITTED.pop()
+        subprocess.run(["scancel", job_id], env=env, capture_output=True, check=False)
+
+
 def sbatch(env: dict[str, str], tmp_path: Path, *args: str) -> str:
     cmd = ["sbatch", "--parsable", "--gpus-per-node=0", "--ntasks-per-node=2",
            f"--output={tmp_path}/slurm-%j.out", "slurm/grpo_1node.sh", *args]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip().split(";")[0]
+    job_id = proc.stdout.strip().split(";")[0]
+    _SUBMITTED.append((job_id, env))
+    return job_id
 
 
 def job_info(env: dict[str, str], job_id: str) -> dict[str, str]:
@@ -193,29 +233,30 @@ def leftover_ray(tag: str) -> list[str]:
 
 
 def steps_logged(log: str, rank: int) -> list[int]:
-    return [int(s) for s in re.findall(rf"^{rank}: step (\d+) allreduce 3 world 2$", log, re.M)]
+    return [int(s) for s in re.findall(rf"^{rank}: step (\d+)/\d+ \|", log, re.M)]
 
 
 # ----------------------------------------------------------------------------- sbatch
 
 
 @pytest.mark.slow
-def test_sbatch_1node_two_gloo_ranks_with_ray(slurm_conf, job_config, tmp_path):
-    env = job_env(slurm_conf, TRAIN_CMD=train_cmd(tmp_path))
-    job = sbatch(env, tmp_path, str(job_config))
-    info = wait_job(env, job, 240)
+def test_sbatch_1node_tiny_trainer_two_gloo_ranks_with_ray(slurm_conf, job_config, tmp_path):
+    """The real `megatron-grpo train` (TP=2 over 2 srun ranks, gloo), env actors on the job's Ray."""
+    env = job_env(slurm_conf, TRAIN_CMD="megatron-grpo train")
+    job = sbatch(env, tmp_path, str(job_config), "grpo.max_num_steps=2")
+    info = wait_job(env, job, 400)
     log_dir = tmp_path / "results/exp/logs"
     log = (log_dir / f"job-{job}.log").read_text()
-    assert info["JobState"] == "COMPLETED", log
-    assert "preflight: all checks passed" in log
-    # both srun ranks took part in every all-reduce (1 + 2 = 3 on each rank) and ran all steps
-    assert steps_logged(log, 0) == steps_logged(log, 1) == [1, 2, 3, 4]
-    assert sorted(p.name for p in (tmp_path / "results/exp/checkpoints").iterdir()) == ["step_2", "step_4"]
-    # the job's Ray head answered a remote task and is the only node; it is gone after the job
-    ray_result = json.loads((log_dir / "ray_result.json").read_text())
-    assert ray_result == {"answer": 42, "nodes": [socket.gethostname().split(".")[0]]}
+    assert info["JobState"] == "COMPLETED", log[-5000:]
+    assert "preflight: all checks passed" in log and "1 node(s) joined" in log
+    assert re.search(r"^0: .*Connected to Ray cluster", log, re.M)  # the env pool used the job's Ray
+    assert re.search(r"^0: step 2/2 \|", log, re.M)
+    steps = [json.loads(line)["step"] for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    assert (tmp_path / "results/exp/checkpoints/step_2").is_dir()
     assert "stopped" in (log_dir / f"ray-head-{job}.log").read_text()
     assert leftover_ray(f"ray_mg_{job}") == []
+    shutil.rmtree(f"/tmp/ray_mg_{job}", ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -223,15 +264,15 @@ def test_requeue_after_usr1_resumes_at_saved_step(slurm_conf, job_config, tmp_pa
     env = job_env(slurm_conf, TRAIN_CMD=train_cmd(tmp_path), RAY="0", PAYLOAD_STEP_S="0.5")
     job = sbatch(env, tmp_path, str(job_config), "grpo.max_num_steps=5")
     log_path = tmp_path / f"results/exp/logs/job-{job}.log"
-    wait_for_text(log_path, r"^0: step 1 ", 120)
+    wait_for_text(log_path, r"^0: step 1/", 120)
     subprocess.run(["scancel", "--signal=USR1", job], env=env, check=True)
     info = wait_job(env, job, 240)
     log = log_path.read_text()
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", log
-    saved = int(re.search(r"^0: preempted at step (\d+) by SIGUSR1: saved$", log, re.M).group(1))
+    saved = int(re.search(r"^0: .*preempted \(SIGUSR1\): checkpoint saved at step (\d+)", log, re.M).group(1))
     assert f"Exited with exit code {PREEMPT_EXIT_CODE}" in log or "ranks saved and exited" in log
     assert f"requeue job {job}" in log
-    assert re.search(rf"^0: rank 0/2 resume at step {saved + 1} restart 1$", log, re.M), log
+    assert re.search(rf"^0: .*resumed from \S+step_{saved} at step {saved}$", log, re.M), log
     assert (tmp_path / f"results/exp/checkpoints/step_{saved}").is_dir()
     assert saved < 5 and steps_logged(log, 0) == list(range(1, 6))
     assert (tmp_path / f"results/exp/logs/preempted-{job}-r0").exists()
@@ -243,13 +284,13 @@ def test_signal_to_batch_shell_is_forwarded_to_ranks(slurm_conf, job_config, tmp
     env = job_env(slurm_conf, TRAIN_CMD=train_cmd(tmp_path), RAY="0", PAYLOAD_STEP_S="0.5", REQUEUE="0")
     job = sbatch(env, tmp_path, str(job_config), "grpo.max_num_steps=100")
     log_path = tmp_path / f"results/exp/logs/job-{job}.log"
-    wait_for_text(log_path, r"^0: step 1 ", 120)
+    wait_for_text(log_path, r"^0: step 1/", 120)
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=env, check=True)
     info = wait_job(env, job, 120)
     log = log_path.read_text()
     assert info["JobState"] == "FAILED" and info["ExitCode"] == f"{PREEMPT_EXIT_CODE}:0", log
     assert "got SIGUSR1: asking the trainer ranks to save and exit" in log
-    assert re.search(r"^1: preempted at step \d+ by SIGUSR1: saved$", log, re.M)
+    assert re.search(r"^1: .*preempted \(SIGUSR1\): checkpoint saved at step \d+", log, re.M)
     assert "signal seen here: 1" in log and "requeue job" not in log
 
 
@@ -328,6 +369,7 @@ def test_ray_node_and_wait_name_the_missing_node(tmp_path):
         rc = head.stop()
     assert rc is not None
     assert leftover_ray(tag) == []
+    shutil.rmtree(tag, ignore_errors=True)
 
 
 def test_ray_start_argv_ports_do_not_overlap_between_jobs():
@@ -357,7 +399,7 @@ def test_submitit_slurm_executor(slurm_conf, job_config, tmp_path, monkeypatch):
                         folder=tmp_path / "submitit")
     assert job.results() == [0, 0]
     out = "".join(Path(p).read_text() for p in sorted((tmp_path / "submitit").glob(f"{job.job_id}_*_log.out")))
-    assert len(re.findall(r"^step 3 allreduce 3 world 2$", out, re.M)) == 2  # both tasks, all-reduced
+    assert len(re.findall(r"^step 3/3 \| allreduce 3 world 2$", out, re.M)) == 2  # both tasks, all-reduced
     assert (tmp_path / "results/exp/checkpoints/step_3").is_dir()
 
 
@@ -373,6 +415,7 @@ def test_submitit_local_executor(job_config, tmp_path, monkeypatch):
     ray_result = json.loads((tmp_path / "results/exp/logs/ray_result.json").read_text())
     assert ray_result == {"answer": 42, "nodes": [socket.gethostname()]}
     assert leftover_ray(f"ray_mg_{job.job_id}") == []
+    shutil.rmtree(f"/tmp/ray_mg_{job.job_id}", ignore_errors=True)
 
 
 def test_submit_refuses_a_config_that_fails_preflight(job_config, tmp_path):
@@ -390,7 +433,8 @@ def test_launch_submitit_tool_debug_cluster(job_config, tmp_path, monkeypatch, c
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     monkeypatch.chdir(tmp_path)
-    rc = tool.main([str(job_config), "grpo.max_num_steps=2", "--cluster", "debug", "--gpus-per-node", "0",
+    rc = tool.main([str(job_config), "grpo.max_num_steps=2", "policy.tensor_model_parallel_size=1",
+                    "--cluster", "debug", "--gpus-per-node", "0",
                     "--ntasks-per-node", "1", "--no-ray", "--train-cmd", train_cmd(tmp_path), "--wait",
                     "--folder", str(tmp_path / "submitit")])
     assert rc == 0, capsys.readouterr()
