@@ -39,14 +39,15 @@ DEMO_TEMPLATES = (
 )
 
 
-def demo_tasks(data_dir: str, n: int, seed: int, n_val: int) -> tuple[list[dict], list[dict]]:
+def demo_tasks(data_dir: str, n: int, seed: int, n_val: int,
+               templates: tuple[str, ...] = DEMO_TEMPLATES) -> tuple[list[dict], list[dict]]:
     """(train, validation) generated tasks of the single-step templates; validation tasks are held
     out from training."""
     import random
 
     from environment.workplace.tasks import generate_tasks
 
-    tasks = generate_tasks(n, seed, data_dir, templates=DEMO_TEMPLATES)
+    tasks = generate_tasks(n, seed, data_dir, templates=list(templates))
     if len(tasks) < n_val * 3:
         raise RuntimeError(f"only {len(tasks)} distinct tasks from {n}; raise --tasks")
     random.Random(seed).shuffle(tasks)
@@ -62,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpo-steps", type=int, default=12)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=2048)
+    parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--templates", default=",".join(DEMO_TEMPLATES), help="comma-separated task templates")
+    parser.add_argument("--sft-lr", type=float, default=3e-3)
+    parser.add_argument("--sft-batch", type=int, default=8)
     parser.add_argument("overrides", nargs="*", help="extra dotted config overrides for the GRPO run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -86,12 +90,15 @@ def main(argv: list[str] | None = None) -> int:
 
     data_dir = os.environ.get("WORKPLACE_DATA_DIR") or str(fetch_sandbox())
     os.environ["WORKPLACE_DATA_DIR"] = data_dir  # Ray actors inherit it
-    train_tasks, val_tasks = demo_tasks(data_dir, args.tasks, args.seed, args.val_tasks)
+    train_tasks, val_tasks = demo_tasks(data_dir, args.tasks, args.seed, args.val_tasks,
+                                        tuple(args.templates.split(",")))
     write_jsonl(out / "data" / "train.jsonl", train_tasks)
     write_jsonl(out / "data" / "validation.jsonl", val_tasks)
     log.info("tasks: %d train, %d held-out validation", len(train_tasks), len(val_tasks))
 
-    tokenizer = train_tiny_tokenizer(sample_texts(train_tasks + val_tasks), vocab_size=args.vocab)
+    # merges across words: the repeated tool schemas become a few tokens, prompts ~4x shorter
+    tokenizer = train_tiny_tokenizer(sample_texts(train_tasks + val_tasks), vocab_size=args.vocab,
+                                     merge_across_words=True)
     model_dir = save_tiny_qwen3(str(out / "model_init"), len(tokenizer), tokenizer=tokenizer, seed=args.seed,
                                 num_layers=args.layers, hidden=args.hidden, num_heads=4, num_kv_heads=2,
                                 head_dim=args.hidden // 4, ffn_hidden=args.hidden * 3,
@@ -111,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     cfg = load_config(CONFIG, overrides)
     sft_samples = [restrict_tools(t, cfg.env.tool_subset) for t in train_tasks]  # as the trainer prompts
-    sft_dir = run_sft(cfg, sft_samples, out / "model_sft", steps=args.sft_steps, batch_size=8, lr=3e-3)
+    sft_dir = run_sft(cfg, sft_samples, out / "model_sft", steps=args.sft_steps, batch_size=args.sft_batch,
+                      lr=args.sft_lr)
     t_sft = time.perf_counter()
     cfg = replace(cfg, policy=replace(cfg.policy, model_name=str(sft_dir)))
     train(cfg)

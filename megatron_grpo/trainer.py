@@ -411,6 +411,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def ensure_master_port() -> None:
+    """A lone process (no torchrun/srun variables) rendezvous on any free port."""
+    launched = "RANK" in os.environ or "SLURM_PROCID" in os.environ
+    if not launched and "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="megatron-grpo train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML config (configs/*.yaml)")
@@ -422,8 +429,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"megatron-grpo train: {exc}", file=sys.stderr)
         return 2
-    launched = "RANK" in os.environ or "SLURM_PROCID" in os.environ
-    if not launched and "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(_free_port())  # a lone process: any free port
+    ensure_master_port()
     train(cfg)
     return 0

@@ -61,11 +61,11 @@ def tiny_run(tmp_path_factory):
     return root, overrides
 
 
-def _train(run_dir: Path, overrides: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+def _train(run_dir: Path, overrides: list[str], nproc: int = 2, command: str = "train") -> subprocess.CompletedProcess:
     from tests.dist_utils import free_port
 
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-           f"--master-port={free_port()}", "-m", "megatron_grpo.cli", "train", "--config", str(TINY),
+           f"--master-port={free_port()}", "-m", "megatron_grpo.cli", command, "--config", str(TINY),
            f"checkpointing.checkpoint_dir={run_dir / 'checkpoints'}", f"logger.log_dir={run_dir / 'logs'}",
            *overrides]
     env = dict(os.environ, WORKPLACE_DATA_DIR=str(SANDBOX), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
@@ -99,6 +99,14 @@ def test_grpo_tp2_trains_checkpoints_resumes_and_exports(tiny_run):
     assert ckpts == ["step_2", "step_4"]
     info = json.loads((run_a / "checkpoints" / "step_4" / "training_info.json").read_text())
     assert info["step"] == 4 and info["layout"]["tp"] == 2 and "val:accuracy" in info["metrics"]
+
+    # evaluate the step-4 checkpoint: the same validation as training, so the same accuracy
+    _train(run_a, [*overrides, "--checkpoint", str(run_a / "checkpoints" / "step_4"),
+                   "--out", str(root / "eval.json")], command="evaluate")
+    evaluated = json.loads((root / "eval.json").read_text())
+    assert evaluated["step"] == 4
+    assert evaluated["val:accuracy"] == metrics_a[4]["val:accuracy"]
+    assert evaluated["val:mean_turns"] == pytest.approx(metrics_a[4]["val:mean_turns"])
 
     # run B: resume from step 2 and reproduce steps 3 and 4 exactly
     run_b = root / "run_b"

@@ -121,8 +121,12 @@ def sample_texts(samples: Iterable[dict]) -> list[str]:
     return texts
 
 
-def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
+def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 1024, *, merge_across_words: bool = False):
     """Train a byte-level BPE on ``texts`` and wrap it as a Qwen3-like fast tokenizer.
+
+    ``merge_across_words=True`` drops the word-splitting regex, so merges may span spaces and
+    punctuation: text that repeats across samples (the tool schemas, boilerplate) becomes a few long
+    tokens. The CPU demo uses it to cut its prompts several-fold; tests use the default.
 
     Returns a ``transformers.PreTrainedTokenizerFast`` with eos ``<|im_end|>``, pad ``<|endoftext|>``,
     the nine Qwen3 special/marker tokens as atomic ids (after the BPE vocabulary, as in Qwen3) and
@@ -135,7 +139,7 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
     if vocab_size < 256 + n_special:
         raise ValueError(f"vocab_size={vocab_size} is below 256 bytes + {n_special} special tokens")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=not merge_across_words)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - n_special,
