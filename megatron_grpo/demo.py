@@ -54,6 +54,28 @@ def demo_tasks(data_dir: str, n: int, seed: int, n_val: int,
     return tasks[n_val:], tasks[:n_val]
 
 
+def train_demo_tokenizer(samples: list[dict], vocab_size: int, tool_subset: str, min_frequency: int = 50):
+    """A cross-word BPE trained on the texts the demo model will see: the rendered prompts (with the
+    tools each task is offered) and the ground-truth tool-call turns. Repeated text (the tool
+    schemas, the template's instructions) becomes a handful of long tokens, so prompts are short and
+    a CPU can train on them; the requests and arguments still have to be read and written."""
+    import re
+
+    from megatron_grpo.models.tiny_tokenizer import CONTROL_TOKENS, sample_texts, train_tiny_tokenizer
+    from megatron_grpo.rollout.chat import ChatRenderer
+    from megatron_grpo.rollout.tool_subset import restrict_tools
+    from megatron_grpo.sft import FINAL_ANSWER, call_block
+
+    renderer = ChatRenderer(train_tiny_tokenizer(sample_texts(samples[:50]), vocab_size=512))
+    special = re.compile("|".join(re.escape(t) for t in CONTROL_TOKENS))
+    texts = [FINAL_ANSWER]
+    for sample in samples:
+        prompt = renderer.prompt_text(restrict_tools(sample, tool_subset)["responses_create_params"])
+        texts += [piece for piece in special.split(prompt) if piece]
+        texts.append("\n".join(call_block(c) for c in sample.get("ground_truth") or []))
+    return train_tiny_tokenizer(texts, vocab_size=vocab_size, merge_across_words=True, min_frequency=min_frequency)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="megatron-grpo demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/demo", help="run folder (default: results/demo)")
@@ -79,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_grpo.config import load_config
     from megatron_grpo.data.samples import write_jsonl
     from megatron_grpo.models.tiny import save_tiny_qwen3
-    from megatron_grpo.models.tiny_tokenizer import sample_texts, train_tiny_tokenizer
     from megatron_grpo.rollout.tool_subset import restrict_tools
     from megatron_grpo.sft import run_sft
     from megatron_grpo.trainer import _free_port, train
@@ -96,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     write_jsonl(out / "data" / "validation.jsonl", val_tasks)
     log.info("tasks: %d train, %d held-out validation", len(train_tasks), len(val_tasks))
 
-    # merges across words: the repeated tool schemas become a few tokens, prompts ~4x shorter
-    tokenizer = train_tiny_tokenizer(sample_texts(train_tasks + val_tasks), vocab_size=args.vocab,
-                                     merge_across_words=True)
+    tokenizer = train_demo_tokenizer(train_tasks, args.vocab, "domain")  # held-out tasks unseen
     model_dir = save_tiny_qwen3(str(out / "model_init"), len(tokenizer), tokenizer=tokenizer, seed=args.seed,
                                 num_layers=args.layers, hidden=args.hidden, num_heads=4, num_kv_heads=2,
                                 head_dim=args.hidden // 4, ffn_hidden=args.hidden * 3,

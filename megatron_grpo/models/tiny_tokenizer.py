@@ -121,12 +121,16 @@ def sample_texts(samples: Iterable[dict]) -> list[str]:
     return texts
 
 
-def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 1024, *, merge_across_words: bool = False):
+def train_tiny_tokenizer(
+    texts: Iterable[str], vocab_size: int = 1024, *, merge_across_words: bool = False, min_frequency: int = 2
+):
     """Train a byte-level BPE on ``texts`` and wrap it as a Qwen3-like fast tokenizer.
 
     ``merge_across_words=True`` drops the word-splitting regex, so merges may span spaces and
     punctuation: text that repeats across samples (the tool schemas, boilerplate) becomes a few long
     tokens. The CPU demo uses it to cut its prompts several-fold; tests use the default.
+    ``min_frequency``: a merge must occur this often (high values keep rare phrases, e.g. a name
+    inside a sentence, from fusing into one-off tokens).
 
     Returns a ``transformers.PreTrainedTokenizerFast`` with eos ``<|im_end|>``, pad ``<|endoftext|>``,
     the nine Qwen3 special/marker tokens as atomic ids (after the BPE vocabulary, as in Qwen3) and
@@ -143,7 +147,7 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 1024, *, merge_
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - n_special,
-        min_frequency=2,
+        min_frequency=min_frequency,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

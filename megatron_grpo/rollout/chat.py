@@ -98,6 +98,14 @@ class ChatRenderer:
         self.im_end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.eos_token_ids = sorted({self.im_end_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")})
 
+    def prompt_text(self, responses_create_params: dict[str, Any]) -> str:
+        """The rendered prompt as text (what ``prompt_ids`` tokenizes)."""
+        messages = responses_input_to_messages(responses_create_params["input"])
+        tools = [responses_tool_to_chat(t) for t in responses_create_params.get("tools") or []]
+        return self.tokenizer.apply_chat_template(
+            messages, tools=tools or None, add_generation_prompt=True, tokenize=False
+        )
+
     def prompt_ids(self, responses_create_params: dict[str, Any]) -> list[int]:
         """A sample's ``responses_create_params`` (``input`` and ``tools``) -> prompt ids ending in the
         assistant generation prompt."""
