@@ -25,7 +25,7 @@ from pathlib import Path
 
 log = logging.getLogger("megatron_grpo.demo")
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.yaml"
 
 
 # Tasks a model can solve in one turn from the request alone: the arguments are copied from the
@@ -76,20 +76,37 @@ def train_demo_tokenizer(samples: list[dict], vocab_size: int, tool_subset: str,
     return train_tiny_tokenizer(texts, vocab_size=vocab_size, merge_across_words=True, min_frequency=min_frequency)
 
 
+def greedy_accuracy(model_dir: str, samples: list[dict], data_dir: str, max_steps: int) -> float:
+    """Accuracy of greedy rollouts with the hf engine (the initial model, before anything trains)."""
+    from transformers import AutoTokenizer
+
+    from environment.pool import LocalEnvPool
+    from megatron_grpo.generation.base import SamplingParams
+    from megatron_grpo.generation.hf import HFEngine
+    from megatron_grpo.rollout.agent_loop import run_episodes
+    from megatron_grpo.rollout.chat import ChatRenderer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    engine = HFEngine(model_dir, pad_token_id=tokenizer.pad_token_id)
+    batch = run_episodes(engine, LocalEnvPool(data_dir), ChatRenderer(tokenizer), samples,
+                         SamplingParams(temperature=0.0, max_new_tokens=48), max_steps=max_steps, context_limit=512)
+    return sum(e.reward == 1.0 for e in batch.episodes) / len(samples)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="megatron-grpo demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/demo", help="run folder (default: results/demo)")
     parser.add_argument("--tasks", type=int, default=1500, help="tasks to generate")
     parser.add_argument("--val-tasks", type=int, default=32)
-    parser.add_argument("--sft-steps", type=int, default=300)
-    parser.add_argument("--grpo-steps", type=int, default=12)
+    parser.add_argument("--sft-steps", type=int, default=120)
+    parser.add_argument("--grpo-steps", type=int, default=None, help="default: the config's grpo.max_num_steps")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--templates", default=",".join(DEMO_TEMPLATES), help="comma-separated task templates")
-    parser.add_argument("--sft-lr", type=float, default=3e-3)
-    parser.add_argument("--sft-batch", type=int, default=8)
+    parser.add_argument("--sft-lr", type=float, default=1e-3)
+    parser.add_argument("--sft-batch", type=int, default=32)
     parser.add_argument("overrides", nargs="*", help="extra dotted config overrides for the GRPO run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -129,13 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         f"data.validation_path={out / 'data' / 'validation.jsonl'}",
         f"checkpointing.checkpoint_dir={out / 'checkpoints'}",
         f"logger.log_dir={out / 'logs'}",
-        f"grpo.max_num_steps={args.grpo_steps}",
-        "grpo.max_num_epochs=1000",
+        *([f"grpo.max_num_steps={args.grpo_steps}"] if args.grpo_steps is not None else []),
         f"grpo.max_val_samples={len(val_tasks)}",
         "checkpointing.export_hf_at_end=true",
         *args.overrides,
     ]
     cfg = load_config(CONFIG, overrides)
+    val_prompts = [restrict_tools(t, cfg.env.tool_subset) for t in val_tasks]
+    init_accuracy = greedy_accuracy(model_dir, val_prompts, data_dir, cfg.grpo.max_rollout_turns)
     sft_samples = [restrict_tools(t, cfg.env.tool_subset) for t in train_tasks]  # as the trainer prompts
     sft_dir = run_sft(cfg, sft_samples, out / "model_sft", steps=args.sft_steps, batch_size=args.sft_batch,
                       lr=args.sft_lr)
@@ -143,10 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = replace(cfg, policy=replace(cfg.policy, model_name=str(sft_dir)))
     train(cfg)
     t_end = time.perf_counter()
-    return report(out, t_sft - t_start, t_end - t_sft)
+    return report(out, init_accuracy, t_sft - t_start, t_end - t_sft)
 
 
-def report(out: Path, sft_seconds: float, grpo_seconds: float) -> int:
+def report(out: Path, init_accuracy: float, sft_seconds: float, grpo_seconds: float) -> int:
     from megatron_grpo.metrics import read_metrics
     from megatron_grpo.plot import plot_run
 
@@ -156,7 +174,8 @@ def report(out: Path, sft_seconds: float, grpo_seconds: float) -> int:
     png = plot_run(out / "logs")
     first, last = (val[min(val)], val[max(val)]) if val else (float("nan"), float("nan"))
     rows = [
-        ("warm start (SFT) + setup", f"{sft_seconds:.0f} s"),
+        ("setup + warm start (SFT)", f"{sft_seconds:.0f} s"),
+        ("val:accuracy of the random initial model", f"{init_accuracy:.3f}"),
         ("GRPO steps", f"{len(steps)} in {grpo_seconds:.0f} s"),
         ("val:accuracy after warm start (step 0)", f"{first:.3f}"),
         (f"val:accuracy after GRPO (step {max(val) if val else '-'})", f"{last:.3f}"),
