@@ -26,6 +26,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -144,7 +146,19 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=False)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        # SLURM signals every process of a job step (--signal=USR1@120 before the time limit); the
+        # local Ray's daemons must survive it so the trainer can checkpoint. An ignored signal is
+        # inherited by the processes ray.init starts; the caller's handler is restored afterwards.
+        previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN) if _on_main_thread() else None
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGUSR1, previous)
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 @dataclass
