@@ -113,3 +113,12 @@ def test_overrides_in_the_seed_forms():
     assert cfg.loss_fn.ratio_clip_c == 3.0 and isinstance(cfg.loss_fn.ratio_clip_c, float)
     assert cfg.checkpointing.keep_top_k is None
     assert cfg.grpo.num_generations_per_prompt == 4  # untouched keys keep the file's values
+
+
+def test_exponent_without_dot_is_a_float():
+    from megatron_grpo.config import load_config
+
+    cfg = load_config(None, ["policy.optimizer.lr=2e-5", "grpo.val_period=3"])
+    assert cfg.policy.optimizer.lr == 2e-5 and cfg.grpo.val_period == 3
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_config(None, ["policy.optimizer.lr=fast"])
