@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_grpo import cpu_compat
+from megatron_grpo import optimizer as optim
 from megatron_grpo.config import PolicyConfig
 
 if TYPE_CHECKING:
@@ -158,7 +159,7 @@ class MegatronPolicy:
         )
         self.ddp = DistributedDataParallel(config=self.config, ddp_config=ddp_config, module=model)
         self.config.finalize_model_grads_func = _finalize_grads_summed
-        self.optimizer, self.scheduler = _build_optimizer(cfg, self.ddp, params_dtype, train_iters)
+        self.optimizer, self.scheduler = optim.build_optimizer(cfg, self.ddp, params_dtype, train_iters)
         self._optimizer_offloaded = False
 
     # ------------------------------------------------------------------ checks
@@ -408,7 +409,7 @@ class MegatronPolicy:
         """Megatron dist-checkpointing state: model, optimizer (DistOpt as ``dp_reshardable``: resumable
         at the same TP/PP with any DP) and the LR scheduler. Model weights alone reshard to any TP/PP."""
         if is_loading:
-            _ensure_optimizer_state(self.optimizer)
+            optim.ensure_optimizer_state(self.optimizer)
         model_sd = self.model.sharded_state_dict()
         metadata = {"distrib_optim_sharding_type": "dp_reshardable"}
         return {
@@ -424,7 +425,7 @@ class MegatronPolicy:
         self.model.load_state_dict(state["model"], strict=True)
         with torch.no_grad():  # fp32 + DistOpt: main params are views of leaf params
             self.optimizer.load_state_dict(state["optimizer"])
-        _restore_torch_adam_steps(self.optimizer)
+        optim.restore_torch_adam_steps(self.optimizer)
         self.scheduler.load_state_dict(state["opt_param_scheduler"])
 
     def offload_optimizer(self) -> None:
@@ -432,7 +433,7 @@ class MegatronPolicy:
         during generation. No-op without CUDA."""
         if self.device is None or self._optimizer_offloaded:
             return
-        _move_optimizer_state(self.optimizer, torch.device("cpu"), move_main_params=self.bf16)
+        optim.move_optimizer_state(self.optimizer, torch.device("cpu"), move_main_params=self.bf16)
         self._optimizer_offloaded = True
         torch.cuda.empty_cache()
 
@@ -440,7 +441,7 @@ class MegatronPolicy:
         """Undo ``offload_optimizer`` (called automatically by ``train_step``)."""
         if self.device is None or not self._optimizer_offloaded:
             return
-        _move_optimizer_state(self.optimizer, self.device, move_main_params=self.bf16)
+        optim.move_optimizer_state(self.optimizer, self.device, move_main_params=self.bf16)
         self._optimizer_offloaded = False
 
 
@@ -464,59 +465,7 @@ def _finalize_grads_summed(model_chunks: list, num_tokens: Any = None, **kwargs:
     finalize_model_grads(model_chunks, None, **kwargs)
 
 
-def _build_optimizer(cfg: PolicyConfig, ddp: torch.nn.Module, params_dtype: torch.dtype,
-                     train_iters: int | None) -> tuple[Any, Any]:
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    o = cfg.optimizer
-    if o.min_lr > o.lr:
-        raise PolicyInputError(f"policy.optimizer.min_lr={o.min_lr} must be <= policy.optimizer.lr={o.lr}")
-    if o.lr_warmup_steps > 0 and not 0.0 <= o.lr_warmup_init <= o.lr:
-        raise PolicyInputError(
-            f"policy.optimizer.lr_warmup_init={o.lr_warmup_init} must be in [0, policy.optimizer.lr={o.lr}]"
-        )
-    if o.lr_decay_style not in ("constant", "linear", "cosine"):
-        raise PolicyInputError(
-            f"policy.optimizer.lr_decay_style must be constant, linear or cosine, got {o.lr_decay_style!r}"
-        )
-    decay_steps = o.lr_decay_steps or train_iters
-    if o.lr_decay_style != "constant" and not decay_steps:
-        raise PolicyInputError(
-            f"policy.optimizer.lr_decay_style={o.lr_decay_style!r} needs policy.optimizer.lr_decay_steps"
-        )
-    decay_steps = max(decay_steps or 0, o.lr_warmup_steps + 1)
-    bf16 = params_dtype == torch.bfloat16
-    optimizer = get_megatron_optimizer(
-        OptimizerConfig(
-            optimizer="adam",
-            lr=o.lr,
-            min_lr=o.min_lr,
-            weight_decay=o.weight_decay,
-            adam_beta1=o.adam_beta1,
-            adam_beta2=o.adam_beta2,
-            adam_eps=o.adam_eps,
-            clip_grad=o.clip_grad,
-            bf16=bf16,
-            params_dtype=params_dtype,
-            use_distributed_optimizer=o.use_distributed_optimizer,
-        ),
-        [ddp],
-    )
-    scheduler = OptimizerParamScheduler(
-        optimizer,
-        init_lr=o.lr_warmup_init if o.lr_warmup_steps > 0 else o.lr,
-        max_lr=o.lr,
-        min_lr=o.min_lr,
-        lr_warmup_steps=o.lr_warmup_steps,
-        lr_decay_steps=decay_steps,
-        lr_decay_style=o.lr_decay_style,
-        start_wd=o.weight_decay,
-        end_wd=o.weight_decay,
-        wd_incr_steps=decay_steps,
-        wd_incr_style="constant",
-    )
-    return optimizer, scheduler
 
 
 def _reduce_metrics(results: list[dict[str, float]], device: torch.device | None) -> dict[str, float]:
@@ -552,54 +501,9 @@ def _reduce_metrics(results: list[dict[str, float]], device: torch.device | None
     return {k: float(v) for k, v in zip(keys, values.tolist())}
 
 
-def _ensure_optimizer_state(optimizer: Any) -> None:
-    """Give a never-stepped optimizer its (zero) Adam state so that megatron can describe it for
-    loading. megatron's own ``init_state_fn`` leaves out torch AdamW's per-param ``step`` (with
-    apex/TE the step lives in the param groups), which the distributed optimizer's state_dict needs."""
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = getattr(opt, "optimizer", None)
-        if inner is None:
-            continue
-        init = getattr(opt, "init_state_fn", None)
-        if init is not None:
-            init(inner, opt.config)
-        if isinstance(inner, torch.optim.Optimizer) and type(inner).__module__.startswith("torch.optim"):
-            for group in inner.param_groups:
-                for p in group["params"]:
-                    inner.state[p].setdefault("step", torch.tensor(0.0))
 
 
-def _restore_torch_adam_steps(optimizer: Any) -> None:
-    """After a distributed-optimizer load with torch's AdamW (no apex/TE, e.g. on CPU): megatron
-    restores the Adam step count into the param groups but its bucket copy also overwrites the
-    per-param ``step`` the state was pre-filled with (``_ensure_optimizer_state``); put the
-    checkpoint's count back, or Adam's bias correction would restart."""
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = getattr(opt, "optimizer", None)
-        if not isinstance(inner, torch.optim.Optimizer) or not type(inner).__module__.startswith("torch.optim"):
-            continue
-        for group in inner.param_groups:
-            if group.get("step") is None:
-                continue
-            for p in group["params"]:
-                if p in inner.state and "step" in inner.state[p]:
-                    inner.state[p]["step"] = torch.tensor(float(group["step"]))
 
 
-def _move_optimizer_state(optimizer: Any, device: torch.device, *, move_main_params: bool) -> None:
-    """Move the optimizer-owned tensors: Adam moments, and with mixed precision the fp32 main params
-    (in fp32 runs those alias the model's own weights and must stay)."""
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = getattr(opt, "optimizer", None)
-        if inner is None:
-            continue
-        for state in inner.state.values():
-            for k, v in state.items():
-                if torch.is_tensor(v) and v.dim() > 0:
-                    state[k] = v.to(device, non_blocking=True)
-        if move_main_params:
-            for group in inner.param_groups:
-                for p in group["params"]:
-                    p.data = p.data.to(device, non_blocking=True)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()  # non_blocking copies (both directions) must land before use
+
+

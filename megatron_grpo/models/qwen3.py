@@ -37,6 +37,10 @@ SUPPORTED_MODEL_TYPES = ("qwen3",)
 IMPLS = ("local", "transformer_engine")
 
 
+class UnsupportedModelError(ValueError):
+    """An HF config or layout this model builder does not support; the message names the setting."""
+
+
 def hf_config_dict(hf_config: Any) -> dict[str, Any]:
     """A plain dict from a ``PretrainedConfig``, a dict, a config.json path or a model folder."""
     if isinstance(hf_config, dict):
@@ -59,7 +63,7 @@ def rope_theta(cfg: dict[str, Any]) -> float:
     scaling = cfg.get("rope_scaling") or {}
     rope_type = params.get("rope_type") or params.get("type") or scaling.get("rope_type") or scaling.get("type")
     if rope_type not in (None, "default"):
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"config.json: rope type {rope_type!r} is not supported (only the default RoPE of the Qwen3 "
             "dense models); remove rope_scaling or use a model without it"
         )
@@ -78,7 +82,7 @@ def _check_supported(cfg: dict[str, Any]) -> None:
             f"config.json: model_type {model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}"
         )
     if cfg.get("use_sliding_window"):
-        raise NotImplementedError("config.json: use_sliding_window=true is not supported; set it to false")
+        raise UnsupportedModelError("config.json: use_sliding_window=true is not supported; set it to false")
     if cfg.get("hidden_act", "silu") != "silu":
         raise ValueError(f"config.json: hidden_act {cfg['hidden_act']!r} is not supported (Qwen3 uses silu)")
 
@@ -176,7 +180,7 @@ class SDPAttention(torch.nn.Module):
                  cp_comm_type: str | None = None, pg_collection: Any = None, **unused: Any):
         super().__init__()
         if config.context_parallel_size != 1:
-            raise NotImplementedError("context parallelism needs the transformer_engine spec")
+            raise UnsupportedModelError("context parallelism needs the transformer_engine spec")
         self.config = config
         self.scale = softmax_scale
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
@@ -184,12 +188,12 @@ class SDPAttention(torch.nn.Module):
     def forward(self, query, key, value, attention_mask=None, attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None):
         if packed_seq_params is not None:
-            raise NotImplementedError(
+            raise UnsupportedModelError(
                 "packed sequences (packed_seq_params) are not supported by the local SDPA attention; "
                 "pass a block-diagonal attention_mask or use transformer_impl=transformer_engine"
             )
         if attention_bias is not None:
-            raise NotImplementedError("attention_bias is not supported by the local SDPA attention")
+            raise UnsupportedModelError("attention_bias is not supported by the local SDPA attention")
         sq, sk = query.shape[0], key.shape[0]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [s, b, n, d] -> [b, n, s, d]
         mask, causal = None, False
