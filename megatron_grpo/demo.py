@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results/demo", help="run folder (default: results/demo)")
     parser.add_argument("--tasks", type=int, default=1500, help="tasks to generate")
     parser.add_argument("--val-tasks", type=int, default=32)
-    parser.add_argument("--sft-steps", type=int, default=120)
+    parser.add_argument("--sft-steps", type=int, default=300)
     parser.add_argument("--grpo-steps", type=int, default=None, help="default: the config's grpo.max_num_steps")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
