@@ -288,3 +288,36 @@ def destroy_distributed(keep_process_group: bool = False) -> None:
     if dist.is_initialized() and not keep_process_group:
         dist.destroy_process_group()
     _layout = None
+
+
+def reduce_loss_metrics(results: list[dict[str, float]], device: torch.device | None) -> dict[str, float]:
+    """Sum the per-micro-batch dicts of the last PP stage over micro-batches and DP; share with all
+    PP stages (they never ran the loss function)."""
+    from megatron.core import parallel_state
+
+    keys: list[str] = []
+    if parallel_state.is_pipeline_last_stage():
+        keys = sorted({k for r in results for k in r})
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        box = [keys]
+        dist.broadcast_object_list(
+            box,
+            src=parallel_state.get_pipeline_model_parallel_last_rank(),
+            group=parallel_state.get_pipeline_model_parallel_group(),
+            device=device,
+        )
+        keys = box[0]
+    values = torch.zeros(len(keys), dtype=torch.float64, device=device)
+    if parallel_state.is_pipeline_last_stage():
+        for r in results:
+            for i, k in enumerate(keys):
+                values[i] += float(r.get(k, 0.0))
+        if parallel_state.get_data_parallel_world_size() > 1:
+            dist.all_reduce(values, group=parallel_state.get_data_parallel_group())
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        dist.broadcast(
+            values,
+            src=parallel_state.get_pipeline_model_parallel_last_rank(),
+            group=parallel_state.get_pipeline_model_parallel_group(),
+        )
+    return {k: float(v) for k, v in zip(keys, values.tolist())}

@@ -43,6 +43,7 @@ import torch.distributed as dist
 from megatron_grpo import cpu_compat
 from megatron_grpo import optimizer as optim
 from megatron_grpo.config import PolicyConfig
+from megatron_grpo.distributed import reduce_loss_metrics
 
 if TYPE_CHECKING:
     from megatron_grpo.distributed import ParallelLayout
@@ -391,7 +392,7 @@ class MegatronPolicy:
         update_ok, grad_norm, _ = self.optimizer.step()
         if update_ok:
             self.scheduler.step(increment=1)
-        metrics = _reduce_metrics(results, self.device)
+        metrics = reduce_loss_metrics(results, self.device)
         metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         metrics["lr"] = lr
         return metrics
@@ -463,47 +464,6 @@ def _finalize_grads_summed(model_chunks: list, num_tokens: Any = None, **kwargs:
     from megatron.core.distributed import finalize_model_grads
 
     finalize_model_grads(model_chunks, None, **kwargs)
-
-
-
-
-
-def _reduce_metrics(results: list[dict[str, float]], device: torch.device | None) -> dict[str, float]:
-    """Sum the per-micro-batch dicts of the last PP stage over micro-batches and DP; share with all
-    PP stages (they never ran the loss function)."""
-    from megatron.core import parallel_state
-
-    keys: list[str] = []
-    if parallel_state.is_pipeline_last_stage():
-        keys = sorted({k for r in results for k in r})
-    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
-        box = [keys]
-        dist.broadcast_object_list(
-            box,
-            src=parallel_state.get_pipeline_model_parallel_last_rank(),
-            group=parallel_state.get_pipeline_model_parallel_group(),
-            device=device,
-        )
-        keys = box[0]
-    values = torch.zeros(len(keys), dtype=torch.float64, device=device)
-    if parallel_state.is_pipeline_last_stage():
-        for r in results:
-            for i, k in enumerate(keys):
-                values[i] += float(r.get(k, 0.0))
-        if parallel_state.get_data_parallel_world_size() > 1:
-            dist.all_reduce(values, group=parallel_state.get_data_parallel_group())
-    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
-        dist.broadcast(
-            values,
-            src=parallel_state.get_pipeline_model_parallel_last_rank(),
-            group=parallel_state.get_pipeline_model_parallel_group(),
-        )
-    return {k: float(v) for k, v in zip(keys, values.tolist())}
-
-
-
-
-
 
 
 
