@@ -262,7 +262,6 @@ class MegatronPolicy:
         works), rows split over DP; every rank returns the same tensor.
         """
         from megatron.core import parallel_state
-        from megatron.core.pipeline_parallel import get_forward_backward_func
 
         self._check_sequences(input_ids, lengths, "logprobs")
         input_ids, lengths = input_ids.cpu(), lengths.cpu()  # micro-batches go to the device one by one
@@ -288,16 +287,7 @@ class MegatronPolicy:
 
             return output, loss_func
 
-        seq = fixed or max(m["input_ids"].shape[1] for m in micro)
-        results = get_forward_backward_func()(
-            forward_step_func=forward_step,
-            data_iterator=iter(micro),
-            model=[self.ddp],
-            num_microbatches=len(micro),
-            seq_length=seq,
-            micro_batch_size=mbs,
-            forward_only=True,
-        )
+        results = self._run_schedule(forward_step, micro, fixed, mbs, forward_only=True)
         local = torch.zeros((per_rank, s), dtype=torch.float32, device=self.device)
         if parallel_state.is_pipeline_last_stage():
             row = 0
@@ -331,7 +321,6 @@ class MegatronPolicy:
         clipping), ``lr`` (used by this step), and the loss_fn metrics summed over micro-batches and DP.
         """
         from megatron.core import parallel_state
-        from megatron.core.pipeline_parallel import get_forward_backward_func
 
         if self._optimizer_offloaded:
             self.onload_optimizer()
@@ -378,16 +367,7 @@ class MegatronPolicy:
 
         self.ddp.zero_grad_buffer()
         self.optimizer.zero_grad()
-        seq = fixed or max(m["input_ids"].shape[1] for m in micro)
-        results = get_forward_backward_func()(
-            forward_step_func=forward_step,
-            data_iterator=iter(micro),
-            model=[self.ddp],
-            num_microbatches=len(micro),
-            seq_length=seq,
-            micro_batch_size=mbs,
-            forward_only=False,
-        )
+        results = self._run_schedule(forward_step, micro, fixed, mbs, forward_only=False)
         lr = float(self.optimizer.param_groups[0]["lr"])
         update_ok, grad_norm, _ = self.optimizer.step()
         if update_ok:
@@ -398,6 +378,22 @@ class MegatronPolicy:
         return metrics
 
     # ------------------------------------------------------------------ weights and state
+
+    def _run_schedule(self, forward_step: Callable, micro: list[dict], fixed: int | None, mbs: int,
+                      *, forward_only: bool) -> list:
+        """megatron's forward(-backward) schedule (PP-aware) over the micro-batches; ``fixed``: the
+        common sequence length when PP needs one, else each micro-batch's own length."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        return get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(micro),
+            model=[self.ddp],
+            num_microbatches=len(micro),
+            seq_length=fixed or max(m["input_ids"].shape[1] for m in micro),
+            micro_batch_size=mbs,
+            forward_only=forward_only,
+        )
 
     def weight_stream(self, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
         """The full model as HF-named tensors in buckets of about ``bucket_bytes`` (collective: every

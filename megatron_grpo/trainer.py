@@ -46,17 +46,6 @@ class PhaseTimer:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
 
 
-def logprob_error(gen_logprobs: torch.Tensor, policy_logprobs: torch.Tensor, mask: torch.Tensor) -> float:
-    """gen_train_logprob_error: mean |engine logprob - policy logprob| over generated tokens.
-
-    The refit's correctness signal: both score the same tokens with the same weights, so it is ~0
-    when the engine holds the trained weights and grows as soon as they drift."""
-    n = mask.sum()
-    if n == 0:
-        return 0.0
-    return float(((gen_logprobs - policy_logprobs).abs() * mask).sum() / n)
-
-
 @dataclass
 class Rollouts:
     """One step's episodes (group-major: G consecutive episodes per prompt) and their batch."""
@@ -342,6 +331,7 @@ def train(cfg: Config) -> dict[str, float]:
     """Run GRPO to ``total_steps`` (or until preempted); return the last step's metrics."""
     from megatron_grpo.metrics import MetricsLogger
     from megatron_grpo.preemption import PreemptionFlag
+    from megatron_grpo.refit import logprob_mismatch
 
     run = setup(cfg)
     loss_fn = grpo.make_loss_fn(cfg.loss_fn)
@@ -359,7 +349,7 @@ def train(cfg: Config) -> dict[str, float]:
                 ro = collect_rollouts(run, step)
             with timer("logprobs"):
                 old_logprobs = run.policy.logprobs(ro.batch["input_ids"], ro.batch["lengths"])
-            mismatch = logprob_error(ro.batch["gen_logprobs"], old_logprobs, ro.batch["loss_mask"])
+            mismatch = logprob_mismatch(ro.batch["gen_logprobs"], old_logprobs, ro.batch["loss_mask"])
             with timer("train"):
                 train_out = train_on_rollouts(run, ro, old_logprobs, loss_fn)
             with timer("refit"):

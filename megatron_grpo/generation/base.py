@@ -88,3 +88,21 @@ def per_prompt_budgets(n: int, params: SamplingParams, max_new_tokens: Sequence[
     if any(b < 1 for b in budgets):
         raise ValueError(f"every prompt needs a budget of at least 1 new token, got {budgets}")
     return budgets
+
+
+def start_generate(
+    engine: str,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams,
+    max_new_tokens: Sequence[int] | None,
+    device: torch.device | str,
+) -> tuple[list[int], torch.Generator | None]:
+    """The checks and set-up every engine's ``generate`` starts with: per-prompt token budgets, no
+    empty prompt, and a seeded sampler (``None`` when ``params.seed`` is unset)."""
+    budgets = per_prompt_budgets(len(prompts), params, max_new_tokens)
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError(f"{engine}.generate: every prompt needs at least one token")
+    generator = None
+    if params.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(params.seed)
+    return budgets, generator

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from megatron_grpo.generation.base import Generation, SamplingParams, WeightStream, per_prompt_budgets
+from megatron_grpo.generation.base import Generation, SamplingParams, WeightStream, start_generate
 
 
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -76,12 +76,7 @@ class HFEngine:
         params: SamplingParams,
         max_new_tokens: Sequence[int] | None = None,
     ) -> list[Generation]:
-        budgets = per_prompt_budgets(len(prompts), params, max_new_tokens)
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("HFEngine.generate: every prompt needs at least one token")
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        budgets, generator = start_generate("HFEngine", prompts, params, max_new_tokens, self.device)
         chunk = self.max_batch_size or max(1, len(prompts))
         out: list[Generation] = []
         for start in range(0, len(prompts), chunk):

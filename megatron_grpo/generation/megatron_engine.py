@@ -42,7 +42,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from megatron_grpo.generation.base import Generation, SamplingParams, WeightStream, per_prompt_budgets
+from megatron_grpo.generation.base import Generation, SamplingParams, WeightStream, start_generate
 from megatron_grpo.generation.hf import filter_logits
 from megatron_grpo.generation.kv_cache import CachedGPTForward, KVCache, sequence_parallel_off
 
@@ -163,12 +163,7 @@ class MegatronEngine:
         params: SamplingParams,
         max_new_tokens: Sequence[int] | None = None,
     ) -> list[Generation]:
-        budgets = per_prompt_budgets(len(prompts), params, max_new_tokens)
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("MegatronEngine.generate: every prompt needs at least one token")
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        budgets, generator = start_generate("MegatronEngine", prompts, params, max_new_tokens, self.device)
         chunk = self.max_batch_size or max(1, len(prompts))
         if prompts:
             chunk = min(chunk, self._rows_that_fit(max(len(p) for p in prompts) + max(budgets) - 1))
