@@ -420,5 +420,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megatron-grpo train: {exc}", file=sys.stderr)
         return 2
     ensure_master_port()
-    train(cfg)
+    from megatron_grpo.checkpoint import CheckpointError
+
+    try:
+        train(cfg)
+    except CheckpointError as exc:  # e.g. a resume checkpoint that is refused: one line, no traceback
+        print(f"megatron-grpo train: {exc}", file=sys.stderr)
+        return 2
     return 0
