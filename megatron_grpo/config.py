@@ -153,6 +153,11 @@ class LoggerConfig:
     jsonl: bool = True
     tensorboard: bool = False
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    # rollout traces in <log_dir>/rollouts/step_N.jsonl (megatron-grpo show-rollouts): the first
+    # rollout_groups_per_step GRPO groups of every step (null: all, 0: none) and, when
+    # rollout_validation is true, every validation episode
+    rollout_groups_per_step: int | None = 2
+    rollout_validation: bool = True
 
 
 @dataclass
