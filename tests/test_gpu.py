@@ -12,8 +12,8 @@ vLLM, except ``test_vllm_refit_parity``: it is marked ``vllm`` as well and is EX
 
 Models: small Qwen3-shaped random models made here with transformers (GQA, QK RMSNorm, SwiGLU,
 untied embeddings, head_dim != hidden/heads) and ``save_pretrained``; nothing is downloaded. The
-GRPO run needs the Workplace sandbox CSVs (``WORKPLACE_DATA_DIR``, the download cache, or
-../shared/data/workplace_assistant/csv_data beside the checkout).
+GRPO run needs the Workplace sandbox CSVs (``WORKPLACE_DATA_DIR``, else the download cache; on a node
+without network, copy the cache's ``workplace_assistant/csv_data`` there and set WORKPLACE_DATA_DIR).
 """
 
 from __future__ import annotations
@@ -237,13 +237,14 @@ def test_vllm_refit_parity(tmp_path):
 
 
 def _sandbox_dir() -> str:
-    """The Workplace sandbox: $WORKPLACE_DATA_DIR, the download cache, or ../shared beside the repo."""
-    from environment.workplace.data_dir import default_data_dir
+    """The Workplace sandbox: $WORKPLACE_DATA_DIR, else the download cache (fetched when missing)."""
+    if os.environ.get("WORKPLACE_DATA_DIR"):
+        from environment.workplace.data_dir import default_data_dir
 
-    shared = REPO.parent / "shared" / "data" / "workplace_assistant" / "csv_data"
-    if not os.environ.get("WORKPLACE_DATA_DIR") and shared.is_dir():
-        return str(shared)
-    return default_data_dir()  # raises FileNotFoundError naming how to get the data
+        return default_data_dir()
+    from data_paths import sandbox_dir
+
+    return sandbox_dir()
 
 
 def _grpo_run(run_dir: str, backend: str, data_dir: str) -> dict:

@@ -8,16 +8,14 @@ import csv
 import json
 import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from data_paths import WORKBENCH, WORKBENCH_QA
 
 from megatron_grpo.data import download
 from megatron_grpo.data.workbench import WorkbenchError, convert_call, load_workbench, tool_schemas
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-WORKBENCH = SHARED / "data" / "workbench" / "data"  # the WorkBench sandbox (processed/, raw/)
-QA = WORKBENCH / "processed" / "queries_and_answers"
+QA = WORKBENCH_QA
 DOMAINS = ("customer_relationship_manager", "project_management", "analytics", "calendar", "email")
 
 # Ground truths that leave the state unchanged (the customer is already assigned to that rep), so
