@@ -9,17 +9,21 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import io
+import os
+import shutil
+import tarfile
+import tempfile
 from pathlib import Path
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 NEMO_GYM = FIXTURES / "nemo_gym"
 EXAMPLE = NEMO_GYM / "example.jsonl"  # 5 reference tasks in the exact sample format (27 tool schemas)
 EXAMPLE_ROLLOUTS = NEMO_GYM / "example_rollouts.jsonl"  # 5 recorded rollouts with rewards
-WORKBENCH = FIXTURES / "workbench"  # WorkBench's data/ folder: processed/ (+ queries_and_answers/), raw/
-WORKBENCH_QA = WORKBENCH / "processed" / "queries_and_answers"
+WORKBENCH_ARCHIVE = FIXTURES / "workbench" / "data.tar.gz"  # WorkBench data/: processed/, raw/
 
 
 @functools.cache
@@ -29,3 +33,18 @@ def sandbox_dir() -> str:
 
     with contextlib.redirect_stdout(io.StringIO()):
         return str(sandbox_fetch.fetch_sandbox(progress=False))
+
+
+@functools.cache
+def workbench_dir() -> Path:
+    """WorkBench's ``data/`` folder, unpacked once per process from ``tests/fixtures/workbench``.
+
+    Kept as an archive so the repository's text stays the project's own; unpacked into a private
+    temporary folder that lives as long as the test process.
+    """
+    root = Path(tempfile.mkdtemp(prefix="workbench-"))
+    atexit.register(shutil.rmtree, root, True)
+    with tarfile.open(WORKBENCH_ARCHIVE) as archive:
+        archive.extractall(root, filter="data")
+    os.chmod(root, 0o755)
+    return root

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from data_paths import EXAMPLE, WORKBENCH, sandbox_dir
+from data_paths import EXAMPLE, sandbox_dir, workbench_dir
 
 from environment.workplace import sandbox_fetch
 from megatron_grpo.data import download, prepare
@@ -26,6 +26,7 @@ from megatron_grpo.data.workbench import tool_schemas
 
 REPO = Path(__file__).resolve().parents[1]
 NEMO_CSV = Path(sandbox_dir())
+WORKBENCH = workbench_dir()
 SANDBOX_FILES = [
     "processed/analytics_data.csv",
     "processed/calendar_events.csv",

@@ -10,12 +10,13 @@ import re
 from collections import Counter
 
 import pytest
-from data_paths import WORKBENCH, WORKBENCH_QA
+from data_paths import workbench_dir
 
 from megatron_grpo.data import download
 from megatron_grpo.data.workbench import WorkbenchError, convert_call, load_workbench, tool_schemas
 
-QA = WORKBENCH_QA
+WORKBENCH = workbench_dir()  # WorkBench's data/ folder (processed/, raw/)
+QA = WORKBENCH / "processed" / "queries_and_answers"
 DOMAINS = ("customer_relationship_manager", "project_management", "analytics", "calendar", "email")
 
 # Ground truths that leave the state unchanged (the customer is already assigned to that rep), so
