@@ -3,7 +3,7 @@
 Why: a typo in a config key must fail at load time naming the closest valid key, not silently
 train with a default. Every default lives here and only here.
 
-Override forms (as the NeMo-RL seed accepts them):
+Override forms (as the reference recipe accepts them):
     grpo.max_num_steps=5          set an existing key
     ++grpo.num_prompts_per_step=4  same (the "++" prefix is accepted for compatibility)
     logger.wandb.name=run1         nested sections

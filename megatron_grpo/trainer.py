@@ -3,7 +3,7 @@
 ``megatron-grpo train --config CFG [section.key=value ...]`` runs it on every rank (SPMD: torchrun,
 srun, or a single process). Every rank holds the same global batch of episodes; the policy slices
 its data-parallel share (policy.py); the generation engine is refit from the policy's weight stream
-after every optimizer step; rank 0 logs. See ../shared/DESIGN.md for the process model.
+after every optimizer step; rank 0 logs.
 """
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from data_paths import sandbox_dir
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-SANDBOX = SHARED / "data" / "workplace_assistant" / "csv_data"
+SANDBOX = Path(sandbox_dir())
 TINY = REPO / "configs" / "tiny_cpu.yaml"
 
 

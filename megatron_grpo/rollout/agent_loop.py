@@ -1,6 +1,6 @@
 """The multi-step agent loop: NeMo-Gym ``simple_agent`` semantics, batched, token-in/token-out.
 
-Semantics (../shared/reference/workplace_env.md §8), per episode:
+Semantics (those of NeMo-Gym's ``simple_agent`` with its Workplace resources server), per episode:
 
 1. A step is one model call. The model sees the prompt and every earlier turn (as ids, never
    re-tokenized; rollout/chat.py).
