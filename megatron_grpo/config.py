@@ -3,7 +3,7 @@
 Why: a typo in a config key must fail at load time naming the closest valid key, not silently
 train with a default. Every default lives here and only here.
 
-Override forms (as the NeMo-RL seed accepts them):
+Override forms (as the reference recipe accepts them):
     grpo.max_num_steps=5          set an existing key
     ++grpo.num_prompts_per_step=4  same (the "++" prefix is accepted for compatibility)
     logger.wandb.name=run1         nested sections
@@ -155,6 +155,11 @@ class LoggerConfig:
     jsonl: bool = True
     tensorboard: bool = False
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    # rollout traces in <log_dir>/rollouts/step_N.jsonl (megatron-grpo show-rollouts): the first
+    # rollout_groups_per_step GRPO groups of every step (null: all, 0: none) and, when
+    # rollout_validation is true, every validation episode
+    rollout_groups_per_step: int | None = 2
+    rollout_validation: bool = True
 
 
 @dataclass

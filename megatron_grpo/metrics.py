@@ -7,7 +7,7 @@ tensorboard are imported only when enabled.
 Files, under ``run_dir``: ``metrics.jsonl`` (one JSON object per ``log`` call: ``{"step": N, ...}``,
 appended and flushed, so a resumed run continues the same file), ``tensorboard/`` and ``wandb/``.
 
-Metric keys (names as the NeMo-RL seed logs them; the trainer uses the constants below):
+Metric keys (names as the reference recipe logs them; the trainer uses the constants below):
 
     train:accuracy                 fraction of rollouts with reward 1 (the verifier's pass rate)
     train:reward_mean              mean reward of the step's rollouts

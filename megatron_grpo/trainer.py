@@ -3,7 +3,7 @@
 ``megatron-grpo train --config CFG [section.key=value ...]`` runs it on every rank (SPMD: torchrun,
 srun, or a single process). Every rank holds the same global batch of episodes; the policy slices
 its data-parallel share (policy.py); the generation engine is refit from the policy's weight stream
-after every optimizer step; rank 0 logs. See ../shared/DESIGN.md for the process model.
+after every optimizer step; rank 0 logs.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class Rollouts:
     rewards: torch.Tensor
     timing: dict[str, float] = field(default_factory=dict)
     dropped_groups: int = 0
+    samples: list = field(default_factory=list)  # the task of each episode
 
 
 # ----------------------------------------------------------------------------- the run
@@ -80,6 +81,7 @@ class Run:
     total_steps: int
     model_dir: str
     run_dir: Path
+    traces: Any = None  # rollout/traces.RolloutTraces: where episodes are written for people to read
 
 
 def setup(cfg: Config) -> Run:
@@ -179,6 +181,7 @@ def collect_rollouts(run: Run, step: int) -> Rollouts:
     g = run.cfg.grpo
     G = g.num_generations_per_prompt
     episodes: list = []
+    kept: list[dict] = []
     timing: dict[str, float] = {}
     dropped = 0
     for attempt in range(g.dynamic_sampling_max_gen_batches if g.use_dynamic_sampling else 1):
@@ -191,7 +194,9 @@ def collect_rollouts(run: Run, step: int) -> Rollouts:
             keep = grpo.dynamic_sampling_keep(torch.tensor([e.reward for e in eps]), G)
             dropped += int((~keep).sum())
             eps = [e for i, e in enumerate(eps) if keep[i // G]]
+            samples = [s for i, s in enumerate(samples) if keep[i // G]]
         episodes.extend(eps)
+        kept.extend(samples)
         if len(episodes) >= g.num_prompts_per_step * G:
             break
     else:
@@ -204,7 +209,7 @@ def collect_rollouts(run: Run, step: int) -> Rollouts:
     episodes = episodes[: g.num_prompts_per_step * G]
     batch = episodes_to_batch(episodes, run.tokenizer.pad_token_id or 0)
     rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
-    return Rollouts(episodes, batch, rewards, timing, dropped)
+    return Rollouts(episodes, batch, rewards, timing, dropped, kept[: len(episodes)])
 
 
 def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_fn) -> dict[str, float]:
@@ -239,6 +244,8 @@ def validate(run: Run, step: int) -> dict[str, float]:
         return {}
     episodes, _ = rollout(run, run.val_samples, temperature=run.cfg.generation.val_temperature,
                           seed=run.cfg.grpo.seed + 7)
+    if run.traces is not None:
+        run.traces.validation_episodes(step, episodes, run.val_samples)
     rewards = [e.reward for e in episodes]
     return {
         "val:accuracy": sum(r == 1.0 for r in rewards) / len(rewards),
@@ -336,6 +343,7 @@ def train(cfg: Config) -> dict[str, float]:
     from megatron_grpo.refit import logprob_mismatch
 
     run = setup(cfg)
+    run.traces = _traces(run)
     loss_fn = grpo.make_loss_fn(cfg.loss_fn)
     start = resume(run)
     ckpt = cfg.checkpointing
@@ -349,6 +357,7 @@ def train(cfg: Config) -> dict[str, float]:
             timer = PhaseTimer()
             with timer("generation"):
                 ro = collect_rollouts(run, step)
+                run.traces.train(step, ro.episodes, ro.samples, cfg.grpo.num_generations_per_prompt)
             with timer("logprobs"):
                 old_logprobs = run.policy.logprobs(ro.batch["input_ids"], ro.batch["lengths"],
                                                    group_size=cfg.grpo.num_generations_per_prompt)
@@ -371,12 +380,20 @@ def train(cfg: Config) -> dict[str, float]:
             if stop:
                 log.warning("preempted (%s): checkpoint saved at step %d; exiting for requeue", preempt.reason, step)
                 logger.close()
-                _shutdown(run)
+                shutdown(run)
                 preempt.exit_for_requeue(step)
     if ckpt.export_hf_at_end:
         export_hf(run)
-    _shutdown(run)
+    shutdown(run)
     return last
+
+
+def _traces(run: Run):
+    from megatron_grpo.rollout.traces import RolloutTraces
+
+    lg = run.cfg.logger
+    return RolloutTraces(lg.log_dir, run.renderer, groups_per_step=lg.rollout_groups_per_step,
+                         validation=lg.rollout_validation, enabled=run.layout.rank == 0)
 
 
 def export_hf(run: Run) -> Path:
@@ -390,7 +407,8 @@ def export_hf(run: Run) -> Path:
     return out
 
 
-def _shutdown(run: Run) -> None:
+def shutdown(run: Run) -> None:
+    """Stop what the run started outside this process (the Ray environment pool)."""
     if run.env is not None and hasattr(run.env, "shutdown"):
         run.env.shutdown()
 

@@ -2,9 +2,9 @@
 batching, exact ids/masks/logprobs, invalid calls, and the reward of a correct trajectory."""
 
 import json
-from pathlib import Path
 
 import pytest
+from data_paths import EXAMPLE, sandbox_dir
 
 from environment.pool import LocalEnvPool
 from environment.workplace import WorkplaceEnv
@@ -14,9 +14,8 @@ from megatron_grpo.models.tiny_tokenizer import sample_texts, train_tiny_tokeniz
 from megatron_grpo.rollout.agent_loop import run_episodes
 from megatron_grpo.rollout.chat import ChatRenderer
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-EXAMPLES = SHARED / "data/workplace_assistant/data/example.jsonl"
-DATA_DIR = str(SHARED / "data/workplace_assistant/csv_data")
+EXAMPLES = EXAMPLE
+DATA_DIR = sandbox_dir()
 LOGPROB = -0.75
 
 

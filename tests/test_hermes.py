@@ -56,7 +56,7 @@ def test_missing_arguments_mean_empty_object():
 
 
 def test_dropped_closing_brace_is_an_invalid_call_not_text():
-    # vLLM issue 22885: Qwen3-2507 output missing the final brace
+    # vLLM #22885: Qwen3-2507 output missing the final brace
     turn = parse_tool_calls('<tool_call>\n{"name": "f", "arguments": {"a": 1}\n</tool_call>')
     (call,) = turn.calls
     assert call.name == "f" and call.error is not None and call.error.startswith("JSONDecodeError(")
@@ -65,7 +65,7 @@ def test_dropped_closing_brace_is_an_invalid_call_not_text():
 
 
 def test_extra_data_is_invalid():
-    # vLLM issue 17790: "Extra data"
+    # vLLM #17790: "Extra data"
     (call,) = parse_tool_calls('<tool_call>{"name": "f", "arguments": {}}}</tool_call>').calls
     assert "Extra data" in call.error
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from data_paths import sandbox_dir
 
 from megatron_grpo import launch
 from megatron_grpo.config import load_config, to_dict
@@ -40,7 +41,7 @@ from megatron_grpo.preemption import PREEMPT_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_DIR = Path(os.environ.get("SLURM_LOCAL_DIR", "/tmp/megatron_grpo_slurm"))
-SANDBOX = REPO.parent / "shared" / "data" / "workplace_assistant" / "csv_data"
+SANDBOX = Path(sandbox_dir())
 # None -> the PAYLOAD stand-in below; the trainer: "megatron-grpo train" (or set LAUNCH_TEST_TRAIN_CMD)
 TRAIN_CMD = os.environ.get("LAUNCH_TEST_TRAIN_CMD") or None
 
