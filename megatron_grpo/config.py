@@ -92,6 +92,8 @@ class PolicyConfig:
     max_total_sequence_length: int = 32768
     transformer_impl: str = "local"  # local (torch SDPA core attention) | transformer_engine
     activation_checkpointing: bool = False
+    # one row [prefix | rest_1 .. rest_G] per group in logprobs/train_step (shared_prefix.py)
+    shared_prefix: bool = False
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import socket
 import sys
@@ -234,6 +235,7 @@ def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_f
                                          leave_one_out=g.use_leave_one_out_baseline,
                                          normalize=g.normalize_rewards)
     gbs = run.cfg.policy.train_global_batch_size
+    group = math.gcd(g.num_generations_per_prompt, gbs)  # rows of one prompt within one chunk
     n = ro.rewards.numel()
     results: list[dict[str, float]] = []
     for lo in range(0, n, gbs):
@@ -246,7 +248,7 @@ def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_f
             "advantages": advantages[sl],
             "loss_weights": grpo.loss_token_weights(mask, token_level=run.cfg.loss_fn.token_level_loss),
         }
-        results.append(run.policy.train_step(batch, loss_fn))
+        results.append(run.policy.train_step(batch, loss_fn, group_size=group))
     out = {key: sum(r[key] for r in results) / len(results) for key in results[0]}
     out["advantage_mean"] = float(advantages.mean())
     return out
@@ -374,7 +376,8 @@ def train(cfg: Config) -> dict[str, float]:
                 ro = collect_rollouts(run, step)
                 run.traces.train(step, ro.episodes, ro.samples, cfg.grpo.num_generations_per_prompt)
             with timer("logprobs"):
-                old_logprobs = run.policy.logprobs(ro.batch["input_ids"], ro.batch["lengths"])
+                old_logprobs = run.policy.logprobs(ro.batch["input_ids"], ro.batch["lengths"],
+                                                   group_size=cfg.grpo.num_generations_per_prompt)
             mismatch = logprob_mismatch(ro.batch["gen_logprobs"], old_logprobs, ro.batch["loss_mask"])
             with timer("train"):
                 train_out = train_on_rollouts(run, ro, old_logprobs, loss_fn)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from data_paths import sandbox_dir
 
 from environment.pool import LocalEnvPool
 from environment.workplace import WorkplaceEnv
@@ -25,7 +26,7 @@ from megatron_grpo.rollout.chat import ChatRenderer
 from megatron_grpo.rollout.traces import RolloutTraces, read_records, step_path, trace_records
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = str(REPO.parent / "shared" / "data" / "workplace_assistant" / "csv_data")
+DATA_DIR = sandbox_dir()
 TINY = REPO / "configs" / "tiny_cpu.yaml"
 
 
