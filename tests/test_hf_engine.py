@@ -46,6 +46,27 @@ def test_left_padded_batch_matches_single_prompts(engine):
         assert gen.finish_reason == "length" and len(gen.token_ids) == 8
 
 
+def test_repeated_prompts_are_prefilled_once_and_forked(engine):
+    """A GRPO batch (each prompt G times): one prefill row per distinct prompt, the KV cache forked;
+    greedy ids and logprobs equal generating each row alone; forked rows sample independently."""
+    grouped = [PROMPTS[0]] * 3 + [PROMPTS[2]] * 2 + [PROMPTS[1]]
+    shapes = []
+    hook = engine.model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        greedy = SamplingParams(temperature=0.0, max_new_tokens=6)
+        forked = engine.generate(grouped, greedy)
+    finally:
+        hook.remove()
+    assert shapes[0] == (3, len(PROMPTS[0])) and shapes[1] == (len(grouped), 1)  # prefill, then decode
+    for prompt, gen in zip(grouped, forked):
+        (alone,) = engine.generate([prompt], greedy)
+        assert gen.token_ids == alone.token_ids
+        assert gen.logprobs == pytest.approx(alone.logprobs, abs=1e-5)
+    sampled = engine.generate(grouped, SamplingParams(temperature=1.0, max_new_tokens=6, seed=1))
+    assert len({tuple(g.token_ids) for g in sampled[:3]}) > 1
+
+
 def test_logprobs_are_those_of_the_sampling_distribution(engine):
     """T=0.5: logprobs of softmax(logits / 0.5) (what the policy computes at the same temperature);
     with a top-k/top-p cut: of the cut, renormalized distribution, which puts more mass on each kept id."""

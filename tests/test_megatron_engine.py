@@ -135,6 +135,18 @@ def _check_engine(hf_dir: str, tp: int, sequence_parallel: bool, full: bool) -> 
     res["stop"] = [(g.token_ids, g.finish_reason, g.stop_token_id) for g in stop]
     res["stop_id"] = stop_id
 
+    # a GRPO batch (each prompt G times): prefilled once per prompt, the KV cache forked to the rows;
+    # equal to generating every row on its own
+    grouped = [PROMPTS[0]] * 3 + [PROMPTS[3]] * 2 + [PROMPTS[1]]
+    greedy_params = SamplingParams(temperature=0.0, max_new_tokens=NEW)
+    forked = engine.generate(grouped, greedy_params)
+    res["forked_prefill_rows"] = engine.last_stats["prefill_rows"]
+    alone = [engine.generate([p], greedy_params)[0] for p in grouped]
+    res["forked"] = [g.token_ids for g in forked]
+    res["forked_ref"] = [g.token_ids for g in alone]
+    res["forked_lp_err"] = _max_err([g.logprobs for g in forked], [g.logprobs for g in alone])
+    res["forked_sampled"] = [g.token_ids for g in engine.generate(grouped, params)]
+
     # refit is a no-op: after an optimizer step the engine already samples from the new weights
     before = engine.generate(PROMPTS, params)
     seqs = [p + g.token_ids for p, g in zip(PROMPTS, before)]
@@ -200,6 +212,10 @@ def _assert_engine_results(res: dict, full: bool) -> None:
         else:
             assert (toks, reason, sid) == (prefix, "length", None)
     assert res["stop"][0][1] == "stop"  # the stop id is the 3rd greedy token of prompt 0
+    assert res["forked_prefill_rows"] == 3
+    assert res["forked"] == res["forked_ref"]
+    assert res["forked_lp_err"] < 1e-5
+    assert len({tuple(t) for t in res["forked_sampled"][:3]}) > 1  # forked rows sample independently
     assert res["refit_err"] < 1e-4
     assert res["lp_same_tokens_after"] > res["lp_before"] + 1.0
     assert res["bucket_rows"] == 4 and res["bucket_cache_reused"]

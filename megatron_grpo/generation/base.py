@@ -116,3 +116,18 @@ def start_generate(
     if params.seed is not None:
         generator = torch.Generator(device=device).manual_seed(params.seed)
     return budgets, generator
+
+
+def shared_prompts(prompts: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+    """(row of each distinct prompt in first-seen order, index into that list for every row):
+    identical prompts are prefilled once and their KV cache is copied to the other rows."""
+    first: dict[tuple[int, ...], int] = {}
+    unique: list[int] = []
+    source: list[int] = []
+    for b, prompt in enumerate(prompts):
+        key = tuple(prompt)
+        if key not in first:
+            first[key] = len(unique)
+            unique.append(b)
+        source.append(first[key])
+    return unique, source

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from megatron_grpo.generation.base import Generation, SamplingParams, WeightStream, start_generate
+from megatron_grpo.generation.base import Generation, SamplingParams, WeightStream, shared_prompts, start_generate
 
 
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -109,9 +109,11 @@ class HFEngine:
 
     def _generate_batch(self, prompts, params, budgets, generator) -> list[Generation]:
         batch, width = len(prompts), max(len(p) for p in prompts)
-        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((batch, width), dtype=torch.long)
-        for b, prompt in enumerate(prompts):
+        # a prompt sampled G times (a GRPO group) is prefilled once; its KV cache is forked
+        unique, source = shared_prompts(prompts)
+        input_ids = torch.full((len(unique), width), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(unique), width), dtype=torch.long)
+        for b, prompt in enumerate(prompts[i] for i in unique):
             input_ids[b, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
             attention[b, width - len(prompt) :] = 1
         input_ids, attention = input_ids.to(self.device), attention.to(self.device)
@@ -123,6 +125,10 @@ class HFEngine:
             logits_to_keep=1,
         )
         cache, logits = self._cache_of(result), result.logits[:, -1, :]
+        if len(unique) < batch:
+            index = torch.tensor(source, device=self.device)
+            cache.reorder_cache(index)
+            logits, attention, positions = logits[index], attention[index], positions[index]
         next_pos = positions[:, -1:] + 1
         tokens: list[list[int]] = [[] for _ in range(batch)]
         logprobs: list[list[float]] = [[] for _ in range(batch)]

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from megatron_grpo.generation.base import Generation, SamplingParams, WeightStream, start_generate
+from megatron_grpo.generation.base import Generation, SamplingParams, WeightStream, shared_prompts, start_generate
 from megatron_grpo.generation.hf import sample_tokens, sampling_logprobs
 from megatron_grpo.generation.kv_cache import CachedGPTForward, KVCache, sequence_parallel_off
 
@@ -280,14 +280,24 @@ class MegatronEngine:
         key_ok[:, width:] = False
 
         t0 = time.perf_counter()
+        # a prompt sampled G times (a GRPO group) is prefilled once; its KV cache is forked
+        unique, source = shared_prompts(prompts)
         rows_per_chunk = max(1, self.prefill_tokens // width)
         logits_parts = []
-        for r0 in range(0, batch, rows_per_chunk):
-            rows = slice(r0, min(batch, r0 + rows_per_chunk))
-            logits_parts.append(self.forward.prefill(cache, rows, ids[rows], pad[rows]))
+        for r0 in range(0, len(unique), rows_per_chunk):
+            rows = slice(r0, min(len(unique), r0 + rows_per_chunk))
+            picked = torch.tensor(unique[rows], device=dev)
+            logits_parts.append(self.forward.prefill(cache, rows, ids[picked], pad[picked]))
         logits = self._full_logits(torch.cat(logits_parts))
+        if len(unique) < batch:
+            # the unique prompts sit in cache rows [0, U); row b takes row source[b] <= b (gather first)
+            index = torch.tensor(source, device=dev)
+            for layer in range(cache.data.shape[0]):
+                cache.data[layer, :, :, :, :width] = cache.data[layer, :, index, :, :width]
+            logits = logits[index]
         _sync(dev)
         t1 = time.perf_counter()
+        stats["prefill_rows"] = stats.get("prefill_rows", 0) + len(unique)
 
         budget_t = torch.tensor(budgets, device=dev)
         stops = torch.tensor(sorted(set(params.stop_token_ids)) or [-1], device=dev)
