@@ -122,6 +122,9 @@ class EnvConfig:
     data_dir: str | None = None  # sandbox csv_data; None -> WORKPLACE_DATA_DIR or the download cache
     num_actors: int = 4
     tool_subset: str = "all"  # all | domain (the task's domains + company_directory, WorkBench style)
+    # a <tool_call> block that is not valid JSON: plain_text (the reference: the turn is text, no
+    # call, the episode ends) | error_output (run it as a failing call, the model gets another step)
+    on_malformed_tool_call: str = "plain_text"
 
 
 @dataclass

@@ -98,12 +98,16 @@ def setup(cfg: Config) -> Run:
     from megatron_grpo.data.samples import load_samples
     from megatron_grpo.distributed import init_distributed
     from megatron_grpo.policy import MegatronPolicy
+    from megatron_grpo.rollout.agent_loop import MALFORMED_TOOL_CALL_MODES
     from megatron_grpo.rollout.chat import ChatRenderer
     from megatron_grpo.rollout.spmd import generates_here
     from megatron_grpo.rollout.tool_subset import restrict_tools
 
     p = cfg.policy
     # cheap checks first: bad data or batch math fail before any process group or model exists
+    if cfg.env.on_malformed_tool_call not in MALFORMED_TOOL_CALL_MODES:
+        raise ConfigError(f"env.on_malformed_tool_call must be one of {', '.join(MALFORMED_TOOL_CALL_MODES)}, "
+                          f"got {cfg.env.on_malformed_tool_call!r}")
     train_samples = [restrict_tools(s, cfg.env.tool_subset) for s in load_samples(cfg.data.train_path)]
     val_samples = [restrict_tools(s, cfg.env.tool_subset) for s in load_samples(cfg.data.validation_path)]
     if cfg.grpo.max_val_samples is not None:
@@ -177,7 +181,8 @@ def rollout(run: Run, samples: Sequence[dict], *, temperature: float | None = No
     def run_here(mine: Sequence[dict]):
         return run_episodes(run.engine, run.env, run.renderer, mine, params,
                             max_steps=run.cfg.grpo.max_rollout_turns,
-                            context_limit=run.cfg.policy.max_total_sequence_length)
+                            context_limit=run.cfg.policy.max_total_sequence_length,
+                            on_malformed_tool_call=run.cfg.env.on_malformed_tool_call)
 
     if run.engine is not None:
         run.engine.wake()
