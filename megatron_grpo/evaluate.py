@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,21 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from megatron_grpo.config import ConfigError, load_config
-    from megatron_grpo.trainer import ensure_master_port, resume, setup, validate
+    from megatron_grpo.config import load_config
+    from megatron_grpo.trainer import ensure_master_port, resume, started, validate
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"megatron-grpo evaluate: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)  # a ConfigError is printed as one line by cli.py
     resume_from = {None: "none", "latest": "auto"}.get(args.checkpoint, args.checkpoint)
     cfg = replace(cfg, checkpointing=replace(cfg.checkpointing, enabled=resume_from != "none", resume=resume_from))
     ensure_master_port()
-    run = setup(cfg)
-    step = resume(run)
-    metrics = validate(run, step)
-    if run.layout.rank == 0:
+    with started(cfg) as run:
+        step = resume(run)
+        metrics = validate(run, step)
+        rank = run.layout.rank
+    if rank == 0:
         print(json.dumps({"step": step, **metrics}, indent=2))
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
