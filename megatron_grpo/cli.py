@@ -14,6 +14,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("megatron_grpo.trainer", "run GRPO training from a YAML config plus dotted overrides"),
     "evaluate": ("megatron_grpo.evaluate", "validation accuracy of a checkpoint or HF model"),
+    "collect-rollouts": ("megatron_grpo.collect_rollouts", "a model's trajectories and accuracy on a task file"),
+    "show-rollouts": ("megatron_grpo.show_rollouts", "print a run's rollout traces (what the agent did)"),
     "download": ("megatron_grpo.data.download", "fetch tasks + sandbox, split train/validation"),
     "prepare-data": ("megatron_grpo.data.prepare", "validate samples, write metrics"),
     "generate-tasks": ("environment.workplace.tasks.generate", "procedurally generated verifiable tasks"),

@@ -132,6 +132,8 @@ class PolicyConfig:
     max_total_sequence_length: PositiveInt = 32768
     transformer_impl: Literal["local", "transformer_engine"] = "local"  # local: torch SDPA core attention
     activation_checkpointing: bool = False
+    # one row [prefix | rest_1 .. rest_G] per group in logprobs/train_step (shared_prefix.py)
+    shared_prefix: bool = False
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
 
@@ -193,6 +195,11 @@ class LoggerConfig:
     jsonl: bool = True
     tensorboard: bool = False
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    # rollout traces in <log_dir>/rollouts/step_N.jsonl (megatron-grpo show-rollouts): the first
+    # rollout_groups_per_step GRPO groups of every step (null: all, 0: none) and, when
+    # rollout_validation is true, every validation episode
+    rollout_groups_per_step: int | None = 2
+    rollout_validation: bool = True
 
 
 @dataclass

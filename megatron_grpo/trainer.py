@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import socket
 import time
@@ -54,6 +55,7 @@ class Rollouts:
     rewards: torch.Tensor
     timing: dict[str, float] = field(default_factory=dict)
     dropped_groups: int = 0
+    samples: list = field(default_factory=list)  # the task of each episode
 
 
 # ----------------------------------------------------------------------------- the run
@@ -78,6 +80,7 @@ class Run:
     total_steps: int
     model_dir: str
     run_dir: Path
+    traces: Any = None  # rollout/traces.RolloutTraces: where episodes are written for people to read
 
 
 @contextmanager
@@ -195,6 +198,7 @@ def collect_rollouts(run: Run, step: int) -> Rollouts:
     g = run.cfg.grpo
     G = g.num_generations_per_prompt
     episodes: list = []
+    kept: list[dict] = []
     timing: dict[str, float] = {}
     dropped = 0
     for attempt in range(g.dynamic_sampling_max_gen_batches if g.use_dynamic_sampling else 1):
@@ -207,7 +211,9 @@ def collect_rollouts(run: Run, step: int) -> Rollouts:
             keep = grpo.dynamic_sampling_keep(torch.tensor([e.reward for e in eps]), G)
             dropped += int((~keep).sum())
             eps = [e for i, e in enumerate(eps) if keep[i // G]]
+            samples = [s for i, s in enumerate(samples) if keep[i // G]]
         episodes.extend(eps)
+        kept.extend(samples)
         if len(episodes) >= g.num_prompts_per_step * G:
             break
     else:
@@ -220,7 +226,7 @@ def collect_rollouts(run: Run, step: int) -> Rollouts:
     episodes = episodes[: g.num_prompts_per_step * G]
     batch = episodes_to_batch(episodes, run.tokenizer.pad_token_id or 0)
     rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
-    return Rollouts(episodes, batch, rewards, timing, dropped)
+    return Rollouts(episodes, batch, rewards, timing, dropped, kept[: len(episodes)])
 
 
 def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_fn) -> dict[str, float]:
@@ -230,6 +236,7 @@ def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_f
                                          leave_one_out=g.use_leave_one_out_baseline,
                                          normalize=g.normalize_rewards)
     gbs = run.cfg.policy.train_global_batch_size
+    group = math.gcd(g.num_generations_per_prompt, gbs)  # rows of one prompt within one chunk
     n = ro.rewards.numel()
     results: list[dict[str, float]] = []
     for lo in range(0, n, gbs):
@@ -242,7 +249,7 @@ def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_f
             "advantages": advantages[sl],
             "loss_weights": grpo.loss_token_weights(mask, token_level=run.cfg.loss_fn.token_level_loss),
         }
-        results.append(run.policy.train_step(batch, loss_fn))
+        results.append(run.policy.train_step(batch, loss_fn, group_size=group))
     out = {key: sum(r[key] for r in results) / len(results) for key in results[0]}
     out["advantage_mean"] = float(advantages.mean())
     return out
@@ -254,6 +261,8 @@ def validate(run: Run, step: int) -> dict[str, float]:
         return {}
     episodes, _ = rollout(run, run.val_samples, temperature=run.cfg.generation.val_temperature,
                           seed=run.cfg.grpo.seed + 7)
+    if run.traces is not None:
+        run.traces.validation_episodes(step, episodes, run.val_samples)
     rewards = [e.reward for e in episodes]
     return {
         "val:accuracy": sum(r == 1.0 for r in rewards) / len(rewards),
@@ -358,6 +367,7 @@ def train(cfg: Config) -> dict[str, float]:
     last: dict[str, float] = {}
     stopped_at: int | None = None  # the step a preemption signal ended the run at
     with started(cfg) as run:
+        run.traces = _traces(run)
         start = resume(run)
         preempt = PreemptionFlag().install()
         logger = MetricsLogger(cfg.logger, cfg.logger.log_dir, total_steps=run.total_steps, config=to_dict(cfg))
@@ -368,8 +378,10 @@ def train(cfg: Config) -> dict[str, float]:
                 timer = PhaseTimer()
                 with timer("generation"):
                     ro = collect_rollouts(run, step)
+                    run.traces.train(step, ro.episodes, ro.samples, cfg.grpo.num_generations_per_prompt)
                 with timer("logprobs"):
-                    old_logprobs = run.policy.logprobs(ro.batch["input_ids"], ro.batch["lengths"])
+                    old_logprobs = run.policy.logprobs(ro.batch["input_ids"], ro.batch["lengths"],
+                                                       group_size=cfg.grpo.num_generations_per_prompt)
                 mismatch = logprob_mismatch(ro.batch["gen_logprobs"], old_logprobs, ro.batch["loss_mask"])
                 with timer("train"):
                     train_out = train_on_rollouts(run, ro, old_logprobs, loss_fn)
@@ -396,6 +408,14 @@ def train(cfg: Config) -> dict[str, float]:
     if stopped_at is not None:
         preempt.exit_for_requeue(stopped_at)  # after the teardown above: nothing of this job keeps running
     return last
+
+
+def _traces(run: Run):
+    from megatron_grpo.rollout.traces import RolloutTraces
+
+    lg = run.cfg.logger
+    return RolloutTraces(lg.log_dir, run.renderer, groups_per_step=lg.rollout_groups_per_step,
+                         validation=lg.rollout_validation, enabled=run.layout.rank == 0)
 
 
 def export_hf(run: Run) -> Path:

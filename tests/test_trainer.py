@@ -95,6 +95,16 @@ def test_grpo_tp2_trains_checkpoints_resumes_and_exports(tiny_run):
         assert rec["gen_train_logprob_error"] < 1e-4, rec["gen_train_logprob_error"]
     assert "val:accuracy" in metrics_a[2] and "val:accuracy" in metrics_a[4]
 
+    # rollout traces (rank 0 only): 2 groups x 2 samples per step, every validation episode
+    traces = sorted(p.name for p in (run_a / "logs" / "rollouts").iterdir())
+    assert traces == ["step_1.jsonl", "step_2.jsonl", "step_3.jsonl", "step_4.jsonl"]
+    step2 = [json.loads(line) for line in (run_a / "logs" / "rollouts" / "step_2.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["group"], r["sample"]) for r in step2] == [
+        ("train", 0, 0), ("train", 0, 1), ("train", 1, 0), ("train", 1, 1), ("validation", 0, 0), ("validation", 1, 0)]
+    assert [r["messages"][0]["role"] == "prompt" for r in step2] == [True, False, True, False, True, True]
+    assert sum(r["reward"] == 1.0 for r in step2[4:]) / 2 == metrics_a[2]["val:accuracy"]
+    assert sum(r["reward"] for r in step2[:4]) / 4 == pytest.approx(metrics_a[2]["train:reward_mean"])
+
     ckpts = sorted(p.name for p in (run_a / "checkpoints").glob("step_*"))
     assert ckpts == ["step_2", "step_4"]
     info = json.loads((run_a / "checkpoints" / "step_4" / "training_info.json").read_text())

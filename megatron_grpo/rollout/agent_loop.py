@@ -71,6 +71,10 @@ class EpisodeResult:
     num_turns: int
     stop_reason: str
     timing: dict[str, float] = field(default_factory=dict)  # this episode's share, seconds
+    # one entry per model call, for people reading rollouts (rollout/traces.py): {"text": the decoded
+    # turn without its end token, "tokens": ids sampled, "tool_calls": [{"name", "arguments",
+    # "error"?}] as parsed, "tool_outputs": [str] when the calls ran}
+    turns: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -87,6 +91,7 @@ class _Episode:
     outputs: list[str] = field(default_factory=list)
     turns: int = 0
     stop_reason: str | None = None
+    turn_records: list[dict] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
 
 
@@ -140,12 +145,15 @@ def run_episodes(
             ep = episodes[i]
             ep.traj.append_generated(gen.token_ids, gen.logprobs)
             ep.turns += 1
+            body = gen.token_ids[:-1] if gen.token_ids and gen.token_ids[-1] in stops else gen.token_ids
+            text = renderer.tokenizer.decode(body, skip_special_tokens=False)
+            record = {"text": text, "tokens": len(gen.token_ids), "tool_calls": [], "tool_outputs": []}
+            ep.turn_records.append(record)
             if gen.finish_reason != "stop":
                 cut_by_context = budget < sampling.max_new_tokens
                 ep.stop_reason = "context_limit" if cut_by_context else "max_new_tokens"
                 continue
-            body = gen.token_ids[:-1] if gen.token_ids and gen.token_ids[-1] in stops else gen.token_ids
-            turn = parse_tool_calls(renderer.tokenizer.decode(body, skip_special_tokens=False))
+            turn = parse_tool_calls(text)
             if not turn.calls:
                 ep.stop_reason = "no_tool_calls"
                 continue
@@ -153,6 +161,7 @@ def run_episodes(
                 {"name": c.name, "arguments": c.arguments, **({"error": c.error} if c.error else {})}
                 for c in turn.calls
             ]
+            record["tool_calls"] = calls
             with_calls.append(i)
             turn_calls.append(calls)
             end_ids[i] = gen.token_ids[-1]
@@ -167,6 +176,7 @@ def run_episodes(
                 ep = episodes[i]
                 ep.calls.extend({"name": c["name"], "arguments": c["arguments"]} for c in calls)
                 ep.outputs.extend(outs)
+                ep.turn_records[-1]["tool_outputs"] = list(outs)
                 if end_ids[i] != renderer.im_end_id:
                     ep.stop_reason = "eos"
                 elif step >= max_steps:
@@ -198,6 +208,7 @@ def run_episodes(
             num_turns=ep.turns,
             stop_reason=ep.stop_reason or "no_tool_calls",
             timing=ep.timing,
+            turns=ep.turn_records,
         )
         for ep, reward in zip(episodes, rewards)
     ]
