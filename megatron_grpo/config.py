@@ -142,6 +142,8 @@ class GenerationConfig:
     """Rollout generation. backend=auto picks vllm, else megatron on GPU, hf on CPU."""
 
     backend: Literal["auto", "vllm", "megatron", "hf"] = "auto"
+    # training samples from softmax(logits / temperature) and the policy's old/new logprobs use the
+    # same temperature (> 0); top_p < 1 or top_k > 0 is refused for training (evaluation only)
     temperature: NonNegativeFloat = 1.0
     val_temperature: NonNegativeFloat | None = None  # validation sampling; None: same as temperature, 0: greedy
     top_p: UnitFraction = 1.0
