@@ -102,6 +102,8 @@ class GenerationConfig:
     """Rollout generation. backend=auto picks vllm, else megatron on GPU, hf on CPU."""
 
     backend: str = "auto"  # auto | vllm | megatron | hf
+    # training samples from softmax(logits / temperature) and the policy's old/new logprobs use the
+    # same temperature (> 0); top_p < 1 or top_k > 0 is refused for training (evaluation only)
     temperature: float = 1.0
     val_temperature: float | None = None  # validation sampling; None: same as temperature, 0: greedy
     top_p: float = 1.0

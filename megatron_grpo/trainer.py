@@ -123,7 +123,8 @@ def setup(cfg: Config) -> Run:
     layout = init_distributed(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
                               p.sequence_parallel, seed=cfg.grpo.seed)
     torch.manual_seed(cfg.grpo.seed + layout.rank)
-    policy = MegatronPolicy(p, layout, model_dir, train_iters=total_steps)
+    # old and new logprobs under the rollouts' sampling distribution, softmax(logits / T) (generation/base.py)
+    policy = MegatronPolicy(p, layout, model_dir, temperature=cfg.generation.temperature, train_iters=total_steps)
     backend = resolve_backend(cfg.generation)
     spmd_engine = backend in SPMD_BACKENDS
     engine = env = None
@@ -135,6 +136,21 @@ def setup(cfg: Config) -> Run:
     return Run(cfg, layout, policy, engine, env, ChatRenderer(tokenizer), tokenizer, spmd_engine,
                backend == "megatron", train_samples, val_samples, sampler, total_steps, model_dir,
                Path(cfg.checkpointing.checkpoint_dir).parent)
+
+
+def check_training_sampling(cfg: Config) -> None:
+    """Training samples must come from a distribution the policy can score: softmax(logits / T) with
+    T = generation.temperature > 0 and no top-k/top-p cut (generation/base.py, logprob convention)."""
+    g = cfg.generation
+    if g.temperature <= 0:
+        raise ConfigError(f"generation.temperature={g.temperature}: GRPO training samples need a temperature "
+                          f"> 0 (greedy rollouts give identical samples per group); use "
+                          f"generation.val_temperature=0 for greedy validation only")
+    if g.top_p < 1.0 or (g.top_k is not None and g.top_k > 0):
+        raise ConfigError(f"generation.top_p={g.top_p}, generation.top_k={g.top_k}: training cannot use a "
+                          f"top-p/top-k cut (the policy's logprobs would not match the distribution that "
+                          f"sampled the rollouts); set generation.top_p=1.0 and generation.top_k=null, and "
+                          f"lower generation.temperature for sharper samples")
 
 
 def sampling_params(cfg: Config, *, temperature: float | None = None, seed: int | None = None):
@@ -342,6 +358,7 @@ def train(cfg: Config) -> dict[str, float]:
     from megatron_grpo.preemption import PreemptionFlag
     from megatron_grpo.refit import logprob_mismatch
 
+    check_training_sampling(cfg)
     run = setup(cfg)
     run.traces = _traces(run)
     loss_fn = grpo.make_loss_fn(cfg.loss_fn)
@@ -437,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
+        check_training_sampling(cfg)
     except ConfigError as exc:
         print(f"megatron-grpo train: {exc}", file=sys.stderr)
         return 2
