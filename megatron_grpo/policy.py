@@ -128,8 +128,6 @@ class MegatronPolicy:
         on_gpu = cpu_compat.cuda_enabled()  # MEGATRON_GRPO_DEVICE=cpu forces the CPU path
         self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else None
         self.bf16 = on_gpu and cfg.precision == "bfloat16"
-        if cfg.precision not in ("bfloat16", "float32"):
-            raise PolicyInputError(f"policy.precision must be 'bfloat16' or 'float32', got {cfg.precision!r}")
         params_dtype = torch.bfloat16 if self.bf16 else torch.float32
         if cfg.precision == "bfloat16" and not self.bf16:
             log.info("policy.precision=bfloat16 without CUDA: training in float32 on CPU")

@@ -13,10 +13,9 @@ import logging
 import math
 import os
 import socket
-import sys
 import time
-from collections.abc import Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,19 +83,33 @@ class Run:
     traces: Any = None  # rollout/traces.RolloutTraces: where episodes are written for people to read
 
 
-def setup(cfg: Config) -> Run:
-    """Initialize distributed state and build policy, engine, environment pool and data."""
+@contextmanager
+def started(cfg: Config) -> Iterator[Run]:
+    """``setup(cfg)`` whose process group, engine and environment pool (with a Ray it started) are
+    released on every exit path: normal end, an exception in any step, preemption's SystemExit."""
+    with ExitStack() as teardown:
+        yield setup(cfg, teardown)
+
+
+def setup(cfg: Config, teardown: ExitStack | None = None) -> Run:
+    """Initialize distributed state and build policy, engine, environment pool and data.
+
+    Everything started here registers its release on ``teardown`` (last started, first released);
+    use ``started(cfg)`` rather than calling this directly.
+    """
+    teardown = teardown if teardown is not None else ExitStack()
     from megatron_grpo.components import (
         SPMD_BACKENDS,
         build_engine,
         build_env_pool,
         load_tokenizer,
+        release_engine,
         resolve_backend,
         resolve_model_dir,
     )
     from megatron_grpo.data.sampler import PromptSampler
     from megatron_grpo.data.samples import load_samples
-    from megatron_grpo.distributed import init_distributed
+    from megatron_grpo.distributed import destroy_distributed, init_distributed
     from megatron_grpo.policy import MegatronPolicy
     from megatron_grpo.rollout.chat import ChatRenderer
     from megatron_grpo.rollout.spmd import generates_here
@@ -104,8 +117,10 @@ def setup(cfg: Config) -> Run:
 
     p = cfg.policy
     # cheap checks first: bad data or batch math fail before any process group or model exists
-    train_samples = [restrict_tools(s, cfg.env.tool_subset) for s in load_samples(cfg.data.train_path)]
-    val_samples = [restrict_tools(s, cfg.env.tool_subset) for s in load_samples(cfg.data.validation_path)]
+    train_rows = load_samples(cfg.data.train_path, "data.train_path")
+    val_rows = load_samples(cfg.data.validation_path, "data.validation_path")
+    train_samples = [restrict_tools(s, cfg.env.tool_subset) for s in train_rows]
+    val_samples = [restrict_tools(s, cfg.env.tool_subset) for s in val_rows]
     if cfg.grpo.max_val_samples is not None:
         val_samples = val_samples[: cfg.grpo.max_val_samples]
     samples_per_step = cfg.grpo.num_prompts_per_step * cfg.grpo.num_generations_per_prompt
@@ -122,6 +137,7 @@ def setup(cfg: Config) -> Run:
     tokenizer = load_tokenizer(cfg)
     layout = init_distributed(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
                               p.sequence_parallel, seed=cfg.grpo.seed)
+    teardown.callback(destroy_distributed)
     torch.manual_seed(cfg.grpo.seed + layout.rank)
     # old and new logprobs under the rollouts' sampling distribution, softmax(logits / T) (generation/base.py)
     policy = MegatronPolicy(p, layout, model_dir, temperature=cfg.generation.temperature, train_iters=total_steps)
@@ -130,7 +146,8 @@ def setup(cfg: Config) -> Run:
     engine = env = None
     if generates_here(layout, spmd_engine):
         engine = build_engine(backend, cfg.generation, policy, model_dir, tokenizer.pad_token_id or 0)
-        env = build_env_pool(cfg.env, cfg.cluster.ray_address)
+        teardown.callback(release_engine, engine)
+        env = build_env_pool(cfg.env, cfg.cluster.ray_address, teardown)
     sampler = PromptSampler(train_samples, cfg.grpo.num_prompts_per_step, seed=cfg.grpo.seed,
                             shuffle=cfg.data.shuffle)
     return Run(cfg, layout, policy, engine, env, ChatRenderer(tokenizer), tokenizer, spmd_engine,
@@ -353,55 +370,60 @@ def resume(run: Run) -> int:
 
 
 def train(cfg: Config) -> dict[str, float]:
-    """Run GRPO to ``total_steps`` (or until preempted); return the last step's metrics."""
+    """Run GRPO to ``total_steps`` (or until preempted); return the last step's metrics.
+
+    Whatever ends the run (the last step, an exception, preemption), the process group, the engine
+    and the environment pool are released (``started``)."""
     from megatron_grpo.metrics import MetricsLogger
     from megatron_grpo.preemption import PreemptionFlag
     from megatron_grpo.refit import logprob_mismatch
 
     check_training_sampling(cfg)
-    run = setup(cfg)
-    run.traces = _traces(run)
     loss_fn = grpo.make_loss_fn(cfg.loss_fn)
-    start = resume(run)
     ckpt = cfg.checkpointing
-    preempt = PreemptionFlag().install()
     last: dict[str, float] = {}
-    logger = MetricsLogger(cfg.logger, cfg.logger.log_dir, total_steps=run.total_steps, config=to_dict(cfg))
-    with logger:
-        if start == 0 and cfg.grpo.val_at_start:
-            logger.log(0, validate(run, 0))
-        for step in range(start + 1, run.total_steps + 1):
-            timer = PhaseTimer()
-            with timer("generation"):
-                ro = collect_rollouts(run, step)
-                run.traces.train(step, ro.episodes, ro.samples, cfg.grpo.num_generations_per_prompt)
-            with timer("logprobs"):
-                old_logprobs = run.policy.logprobs(ro.batch["input_ids"], ro.batch["lengths"],
-                                                   group_size=cfg.grpo.num_generations_per_prompt)
-            mismatch = logprob_mismatch(ro.batch["gen_logprobs"], old_logprobs, ro.batch["loss_mask"])
-            with timer("train"):
-                train_out = train_on_rollouts(run, ro, old_logprobs, loss_fn)
-            with timer("refit"):
-                refit(run)
-            last = step_metrics(run, ro, train_out, timer, mismatch)
-            is_last = step == run.total_steps
-            if cfg.grpo.val_period > 0 and (step % cfg.grpo.val_period == 0 or is_last):
-                with timer("validation"):
-                    last.update(validate(run, step))
-            stop = preempt.should_stop_all()  # collective: every rank agrees
-            if ckpt.enabled and (step % ckpt.save_period == 0 or is_last or stop):
-                with timer("checkpoint"):
-                    save(run, step, last)
-            last.update({f"timing/{k}": v for k, v in timer.seconds.items()})
-            logger.log(step, last)
-            if stop:
-                log.warning("preempted (%s): checkpoint saved at step %d; exiting for requeue", preempt.reason, step)
-                logger.close()
-                shutdown(run)
-                preempt.exit_for_requeue(step)
-    if ckpt.export_hf_at_end:
-        export_hf(run)
-    shutdown(run)
+    stopped_at: int | None = None  # the step a preemption signal ended the run at
+    with started(cfg) as run:
+        run.traces = _traces(run)
+        start = resume(run)
+        preempt = PreemptionFlag().install()
+        logger = MetricsLogger(cfg.logger, cfg.logger.log_dir, total_steps=run.total_steps, config=to_dict(cfg))
+        with logger:
+            if start == 0 and cfg.grpo.val_at_start:
+                logger.log(0, validate(run, 0))
+            for step in range(start + 1, run.total_steps + 1):
+                timer = PhaseTimer()
+                with timer("generation"):
+                    ro = collect_rollouts(run, step)
+                    run.traces.train(step, ro.episodes, ro.samples, cfg.grpo.num_generations_per_prompt)
+                with timer("logprobs"):
+                    old_logprobs = run.policy.logprobs(ro.batch["input_ids"], ro.batch["lengths"],
+                                                       group_size=cfg.grpo.num_generations_per_prompt)
+                mismatch = logprob_mismatch(ro.batch["gen_logprobs"], old_logprobs, ro.batch["loss_mask"])
+                with timer("train"):
+                    train_out = train_on_rollouts(run, ro, old_logprobs, loss_fn)
+                with timer("refit"):
+                    refit(run)
+                last = step_metrics(run, ro, train_out, timer, mismatch)
+                is_last = step == run.total_steps
+                if cfg.grpo.val_period > 0 and (step % cfg.grpo.val_period == 0 or is_last):
+                    with timer("validation"):
+                        last.update(validate(run, step))
+                stop = preempt.should_stop_all()  # collective: every rank agrees
+                if ckpt.enabled and (step % ckpt.save_period == 0 or is_last or stop):
+                    with timer("checkpoint"):
+                        save(run, step, last)
+                last.update({f"timing/{k}": v for k, v in timer.seconds.items()})
+                logger.log(step, last)
+                if stop:
+                    log.warning("preempted (%s): checkpoint saved at step %d; exiting for requeue",
+                                preempt.reason, step)
+                    stopped_at = step
+                    break
+        if ckpt.export_hf_at_end and stopped_at is None:
+            export_hf(run)
+    if stopped_at is not None:
+        preempt.exit_for_requeue(stopped_at)  # after the teardown above: nothing of this job keeps running
     return last
 
 
@@ -422,12 +444,6 @@ def export_hf(run: Run) -> Path:
                        tokenizer_dir=run.cfg.policy.tokenizer_name or run.model_dir)
     log.info("exported the final policy to %s", out)
     return out
-
-
-def shutdown(run: Run) -> None:
-    """Stop what the run started outside this process (the Ray environment pool)."""
-    if run.env is not None and hasattr(run.env, "shutdown"):
-        run.env.shutdown()
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -452,12 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.max_num_steps=5")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-        check_training_sampling(cfg)
-    except ConfigError as exc:
-        print(f"megatron-grpo train: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)  # a ConfigError is printed as one line by cli.py
     ensure_master_port()
     train(cfg)
     return 0
