@@ -27,7 +27,7 @@ from reference_env import ReferenceEnv, load_reference, reference_reward  # noqa
 
 from environment.workplace import WorkplaceEnv  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "workplace_assistant" / "data"
+DATA = ROOT / "tests" / "fixtures" / "nemo_gym"  # NeMo-Gym's reference tasks and recorded rollouts
 
 
 def trajectories() -> list[tuple[list[dict], list[dict]]]:

@@ -2,11 +2,11 @@
 
 Qwen3-4B shape with random bf16 weights (nothing downloaded), prompt 1024 random ids, 256 sampled
 tokens per row (temperature 1, no stop id, so every row generates exactly 256), batch 16/64/256.
-tokens/s = batch x new tokens / wall time of one ``generate`` call (prefill included), as in
-../shared/reference/hf_engine_probe.py. The megatron engine is timed cold (first call: cache
+tokens/s = batch x new tokens / wall time of one ``generate`` call (prefill included), as the
+standalone transformers probe measured it. The megatron engine is timed cold (first call: cache
 allocation and CUDA-graph capture included) and warm (same shapes again, the steady state of a
 training run), with CUDA graphs and without; the ratio printed is megatron (warm, graphs) / hf.
-Goal (issue 9): >= 10x the hf engine at batch 64 on one GPU.
+Goal: >= 10x the hf engine at batch 64 on one GPU.
 
     .venv/bin/python bench/generation.py                       # GPU, full shape
     .venv/bin/python bench/generation.py --tiny --device cpu   # smoke run

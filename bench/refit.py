@@ -9,8 +9,8 @@ optimizer is not built: it plays no part in the stream and would only cost memor
 
 Floor: the bytes the refit must move (every HF tensor once) divided by the copy rate of one large
 device-to-device ``copy_`` measured in the same run (bytes copied per second; the read+write
-bandwidth is twice that, the number ../.library/device/KINDS.md quotes: about 3.0 TB/s on an H100,
-4.3 TB/s on an H200). Ratio = refit seconds / floor seconds; goal (issue 8): <= 20.
+bandwidth is twice that: about 3.0 TB/s on an H100, 4.3 TB/s on an H200). Ratio = refit seconds /
+floor seconds; goal: <= 20.
 
 The engine is awake (its weights on the GPU) during the timed refits: the GPU-to-GPU copy the goal
 is about, and what the co-located vLLM engine does (it wakes its weight memory before loading). The

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -32,15 +31,13 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-DEFAULT_DATA = SHARED / "data/workplace_assistant/data/example.jsonl"
-DEFAULT_SANDBOX = SHARED / "data/workplace_assistant/csv_data"
+DEFAULT_DATA = REPO / "tests" / "fixtures" / "nemo_gym" / "example.jsonl"  # NeMo-Gym's 5 reference tasks
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(DEFAULT_DATA), help="jsonl of tasks (default: example.jsonl)")
-    p.add_argument("--data-dir", default=None, help="sandbox csv folder (default: WORKPLACE_DATA_DIR or ../shared)")
+    p.add_argument("--data-dir", default=None, help="sandbox csv folder (default: WORKPLACE_DATA_DIR or the cache)")
     p.add_argument("--num-prompts", type=int, default=5)
     p.add_argument("--generations", type=int, default=2, help="episodes per prompt (GRPO group size)")
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -67,7 +64,9 @@ def tiny_qwen3(vocab_size: int, seed: int):
 
 
 def make_pool(args):
-    data_dir = args.data_dir or os.environ.get("WORKPLACE_DATA_DIR") or str(DEFAULT_SANDBOX)
+    from environment.workplace.data_dir import default_data_dir
+
+    data_dir = args.data_dir or default_data_dir()  # names `megatron-grpo download` when missing
     if args.pool == "ray":
         from environment.pool import RayEnvPool
 

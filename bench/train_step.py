@@ -1,8 +1,8 @@
 """Training-step throughput: our Qwen3 fwd+bwd vs a bare megatron-core GPTModel, same run, same spec.
 
 Qwen3-4B shape (random weights, nothing downloaded), seq 4096, micro-batch 1, bf16, TP=1, one GPU.
-"bare" is megatron-core's own local layer spec with core attention through torch SDPA (exactly
-../shared/reference/mcore_gpu_probe.py, the anchor: 490 TFLOP/s, 0.62 MFU on an H200); "ours" is
+"bare" is megatron-core's own local layer spec with core attention through torch SDPA (the
+standalone megatron-core probe, the anchor: 490 TFLOP/s, 0.62 MFU on an H200); "ours" is
 a pluggable path from ``OURS``:
 
   model   megatron_grpo.models.qwen3.build_qwen3_model (fp32-compute RMSNorm, padded-vocab hook)

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from megatron_grpo.checkpoint import CheckpointError, build_model_for_export, read_run_config
+    from megatron_grpo.checkpoint import build_model_for_export, read_run_config
     from megatron_grpo.distributed import destroy_distributed, init_distributed
     from megatron_grpo.models.hf_mapping import save_hf_checkpoint
 
@@ -62,11 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     layout = init_distributed(tp=args.tp, pp=args.pp)
     try:
-        try:
-            model, hf_config = build_model_for_export(step_dir)
-        except CheckpointError as exc:
-            print(f"convert-to-hf: {exc}", file=sys.stderr)
-            return 2
+        model, hf_config = build_model_for_export(step_dir)
         if args.dtype != "auto":
             model = model.to(getattr(torch, args.dtype))
         tokenizer_dir = args.tokenizer_dir or read_run_config(step_dir).get("tokenizer_dir")

@@ -2,7 +2,7 @@
 
 Why: every parallel layout (TP, PP, DP, sequence parallel) is tested in CI on CPU processes, and
 megatron-core assumes CUDA in a handful of places. These runtime patches (no site-packages file
-is edited) are the minimal set found in ../shared/reference/cpu_feasibility.md, tested with
+is edited) are the minimal set that makes it run, tested with
 megatron-core 0.16.1 and 0.19.2:
 
   rng        megatron's CUDA RNG tracker (``model_parallel_cuda_manual_seed``, dropout forks)

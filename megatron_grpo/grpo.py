@@ -1,7 +1,7 @@
 """GRPO math: group advantages, loss weights, the clipped policy-gradient loss, dynamic sampling.
 
 Pure tensor math: no I/O, nothing about models or parallelism. The formulas follow NeMo-RL's
-``GRPOAdvantageEstimator`` and ``ClippedPGLossFn`` (see shared/reference/grpo_anchors.md §b).
+``GRPOAdvantageEstimator`` and ``ClippedPGLossFn``.
 
 Batch layout: samples are ordered group-major. With ``G = group_size`` generations per prompt,
 group ``g`` is rows ``g*G .. g*G+G-1`` of every per-sample tensor.
@@ -298,5 +298,5 @@ def steps_per_epoch(num_train_prompts: int, num_prompts_per_step: int) -> int:
 def total_train_steps(
     num_train_prompts: int, num_prompts_per_step: int, max_num_epochs: int, max_num_steps: int
 ) -> int:
-    """min(max_num_steps, max_num_epochs * steps_per_epoch), as the seed computes it."""
+    """min(max_num_steps, max_num_epochs * steps_per_epoch), as the reference recipe computes it."""
     return min(max_num_steps, max_num_epochs * steps_per_epoch(num_train_prompts, num_prompts_per_step))

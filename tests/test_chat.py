@@ -1,9 +1,9 @@
 """Chat rendering (Qwen3 form with tools), tool turns and token-in/token-out trajectories."""
 
 import json
-from pathlib import Path
 
 import pytest
+from data_paths import EXAMPLE  # noqa: E402
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +15,7 @@ from megatron_grpo.rollout.chat import (
     responses_tool_to_chat,
 )
 
-EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared/data/workplace_assistant/data/example.jsonl"
+EXAMPLES = EXAMPLE
 
 
 @pytest.fixture(scope="module")

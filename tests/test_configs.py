@@ -1,4 +1,4 @@
-"""Every shipped config loads and is self-consistent; the seed recipe; loader errors and overrides."""
+"""Every shipped config loads and is self-consistent; the reference recipe; loader errors and overrides."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from megatron_grpo.grpo import steps_per_epoch, total_train_steps
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SEED = CONFIGS / "grpo_workplace_assistant_qwen3_4binstruct.yaml"
-NUM_TRAIN_TASKS = 1129  # the seed's train split (1,255 tasks: 1,129 train / 126 validation)
+NUM_TRAIN_TASKS = 1129  # the reference recipe's train split (1,255 tasks: 1,129 train / 126 validation)
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from data_paths import EXAMPLE, sandbox_dir, workbench_dir
 
 from environment.workplace import sandbox_fetch
 from megatron_grpo.data import download, prepare
@@ -24,10 +25,8 @@ from megatron_grpo.data.split import stratified_split
 from megatron_grpo.data.workbench import tool_schemas
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-EXAMPLE = SHARED / "data" / "workplace_assistant" / "data" / "example.jsonl"
-NEMO_CSV = SHARED / "data" / "workplace_assistant" / "csv_data"
-WORKBENCH = SHARED / "data" / "workbench" / "data"
+NEMO_CSV = Path(sandbox_dir())
+WORKBENCH = workbench_dir()
 SANDBOX_FILES = [
     "processed/analytics_data.csv",
     "processed/calendar_events.csv",
@@ -37,6 +36,20 @@ SANDBOX_FILES = [
     "raw/email_addresses.csv",
     "raw/events.csv",
 ]
+
+# sha256 of NeMo-Gym's csv_data (resources_servers/workplace_assistant/csv_data at commit dd0b610d), recorded
+# from a checkout of the NeMo-Gym repository, independently of the pins in sandbox_fetch.py.
+REFERENCE_SHA256 = {
+    "processed/analytics_data.csv": "4a0df10aabc07980f1cc074dc9ab36406ce98dead7e14fe11f72a9f1ba788688",
+    "processed/calendar_events.csv": "6c9df1872d54d0b0d068d1b066766a8ddbc29c3933f1d56c9efd554926312295",
+    "processed/customer_relationship_manager_data.csv": (
+        "599057e4eec3a7c25ac04b4d655ea2c034b7b7782205dc367a28122756e04c41"
+    ),
+    "processed/emails.csv": "1809e341a0e4f1fd78cf1b759964a42abd28db8c9b9dca364456efc31f82bb31",
+    "processed/project_tasks.csv": "fa0c05d5609f49e905342bd12592b09f23eff6147dcf607b808703f45ddbeaeb",
+    "raw/email_addresses.csv": "1f3465b92eb41b90a973a9b00f35757a23d16839652b5e352e9d217d8e404b0b",
+    "raw/events.csv": "04ba8c0dddd619bce9683dd3f2565dc0f83ef7ebc07699b62391171df497b548",
+}
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -142,13 +155,11 @@ def test_download_hub_unreachable_names_source_flag(tmp_path):
 
 def test_sandbox_from_pypi_wheel_matches_reference_files(pypi_cache, capsys, monkeypatch):
     dest = pypi_cache / "workplace_assistant" / "csv_data"
-    for rel in SANDBOX_FILES:  # byte-identical to the reference copy (checked independently of the pins)
-        assert (dest / rel).read_bytes() == (NEMO_CSV / rel).read_bytes(), rel
+    for rel in SANDBOX_FILES:  # byte-identical to the NeMo-Gym repository's files
+        assert hashlib.sha256((dest / rel).read_bytes()).hexdigest() == REFERENCE_SHA256[rel], rel
     assert sandbox_fetch.check_sandbox(dest) == []
     manifest = json.loads((dest / "manifest.json").read_text())
-    assert manifest["files"] == {
-        rel: hashlib.sha256((NEMO_CSV / rel).read_bytes()).hexdigest() for rel in SANDBOX_FILES
-    }
+    assert manifest["files"] == REFERENCE_SHA256
     capsys.readouterr()
     assert sandbox_fetch.fetch_sandbox(dest) == dest  # present and intact: skipped
     assert "skipping" in capsys.readouterr().out

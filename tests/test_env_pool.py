@@ -3,14 +3,14 @@ recovery from killed actors with no episode lost or executed twice."""
 
 import json
 import threading
-from pathlib import Path
 
 import pytest
 import ray
+from data_paths import sandbox_dir
 
 from environment.pool import LocalEnvPool, RayEnvPool, ensure_ray
 
-DATA_DIR = str(Path(__file__).resolve().parents[1].parent / "shared/data/workplace_assistant/csv_data")
+DATA_DIR = sandbox_dir()
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Generated workplace tasks: ground truths run cleanly and verify, determinism, splits, the empty cap.
 
-Reads the sandbox CSVs in place from ../shared (NeMo-Gym's csv_data).
+Reads the reference sandbox (NeMo-Gym's csv_data) from the download cache.
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from data_paths import EXAMPLE, sandbox_dir
 
 from environment.workplace import Episode, WorkplaceEnv, load_base_tables, replay, states_equal, verify_calls
 from environment.workplace.tasks import WRITE_TOOLS, Sandbox, all_templates, generate_tasks, split_tasks
 from environment.workplace.tasks.generate import generate_with_report, main, render
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DATA = str(SHARED / "data" / "workplace_assistant" / "csv_data")
-EXAMPLE = SHARED / "data" / "workplace_assistant" / "data" / "example.jsonl"
+DATA = sandbox_dir()
 
 # What each write tool returns on success (anything else is a validation message or an error).
 SUCCESS = re.compile(r"successfully\.$|^\d{8}$|^plots/.+\.png$")

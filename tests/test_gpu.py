@@ -1,19 +1,19 @@
-"""Single-GPU verification (issue 8): bf16 policy parity, refit parity, a 3-step GRPO run.
+"""Single-GPU verification: bf16 policy parity, refit parity, a 3-step GRPO run.
 
-Run with ``pytest -m gpu tests/test_gpu.py`` on a machine with one CUDA GPU (bench/device_check.sh
-does it on the device machine). Each test FAILS without CUDA (never skips). Each runs its work in
+Run with ``pytest -m gpu tests/test_gpu.py`` on a machine with one CUDA GPU (bench/gpu_check.sh
+runs them with the benchmarks). Each test FAILS without CUDA (never skips). Each runs its work in
 a spawned child process (``dist_utils.run_distributed``, world size 1, NCCL) so that
 torch.distributed and megatron's parallel_state never leak into the pytest process.
 
 None of these needs Ray (the GRPO run uses the in-process env pool, ``env.num_actors=0``) or
 vLLM, except ``test_vllm_refit_parity``: it is marked ``vllm`` as well and is EXPECTED TO FAIL with
-"vllm not installed" where vLLM is missing (the device machine, CI); deselect it there with
+"vllm not installed" where vLLM is missing (a bare GPU image); deselect it there with
 ``-m "gpu and not vllm"`` and run it on a cluster node with ``pip install megatron-grpo[gpu]``.
 
 Models: small Qwen3-shaped random models made here with transformers (GQA, QK RMSNorm, SwiGLU,
 untied embeddings, head_dim != hidden/heads) and ``save_pretrained``; nothing is downloaded. The
-GRPO run needs the Workplace sandbox CSVs (``WORKPLACE_DATA_DIR``, the download cache, or
-../shared/data/workplace_assistant/csv_data beside the checkout).
+GRPO run needs the Workplace sandbox CSVs (``WORKPLACE_DATA_DIR``, else the download cache; on a node
+without network, copy the cache's ``workplace_assistant/csv_data`` there and set WORKPLACE_DATA_DIR).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from dist_utils import run_distributed
 
 REPO = Path(__file__).resolve().parents[1]
-NO_CUDA = "this gpu test needs a CUDA device (run it with -m gpu on a GPU machine; see bench/device_check.sh)"
+NO_CUDA = "this gpu test needs a CUDA device (run it with -m gpu on a GPU machine; see bench/gpu_check.sh)"
 
 # A small Qwen3 shape: large enough that bf16 rounding accumulates over several layers and a
 # GQA ratio of 2, small enough to build in a second.
@@ -221,7 +221,7 @@ def _refit_into_vllm(hf_dir: str, engine_dir: str) -> dict:
 @pytest.mark.vllm
 def test_vllm_refit_parity(tmp_path):
     """The same refit check into in-process vLLM (two-phase wake). Expected to FAIL where vLLM is
-    not installed (the device machine, CI): deselect with -m "gpu and not vllm" there."""
+    not installed (a bare GPU image): deselect with -m "gpu and not vllm" there."""
     import importlib.util
 
     assert torch.cuda.is_available(), NO_CUDA
@@ -237,13 +237,14 @@ def test_vllm_refit_parity(tmp_path):
 
 
 def _sandbox_dir() -> str:
-    """The Workplace sandbox: $WORKPLACE_DATA_DIR, the download cache, or ../shared beside the repo."""
-    from environment.workplace.data_dir import default_data_dir
+    """The Workplace sandbox: $WORKPLACE_DATA_DIR, else the download cache (fetched when missing)."""
+    if os.environ.get("WORKPLACE_DATA_DIR"):
+        from environment.workplace.data_dir import default_data_dir
 
-    shared = REPO.parent / "shared" / "data" / "workplace_assistant" / "csv_data"
-    if not os.environ.get("WORKPLACE_DATA_DIR") and shared.is_dir():
-        return str(shared)
-    return default_data_dir()  # raises FileNotFoundError naming how to get the data
+        return default_data_dir()
+    from data_paths import sandbox_dir
+
+    return sandbox_dir()
 
 
 def _grpo_run(run_dir: str, backend: str, data_dir: str) -> dict:
@@ -274,7 +275,7 @@ def _grpo_run(run_dir: str, backend: str, data_dir: str) -> dict:
         "policy.optimizer.lr=0.005",
         "policy.optimizer.min_lr=0.0",
         f"generation.backend={backend}",
-        "env.num_actors=0",  # in-process env pool: no Ray on the device machine
+        "env.num_actors=0",  # in-process env pool: no Ray needed on the GPU node
         f"data.train_path={out / 'data' / 'train.jsonl'}",
         f"data.validation_path={out / 'data' / 'validation.jsonl'}",
         f"checkpointing.checkpoint_dir={out / 'checkpoints'}",

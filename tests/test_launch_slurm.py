@@ -33,6 +33,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from data_paths import sandbox_dir
 from ray_probe import TOKEN_RE, files_containing, gcs_answer
 
 from environment import ray_auth
@@ -42,7 +43,7 @@ from megatron_grpo.preemption import PREEMPT_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_DIR = Path(os.environ.get("SLURM_LOCAL_DIR", "/tmp/megatron_grpo_slurm"))
-SANDBOX = REPO.parent / "shared" / "data" / "workplace_assistant" / "csv_data"
+SANDBOX = Path(sandbox_dir())
 # None -> the PAYLOAD stand-in below; the trainer: "megatron-grpo train" (or set LAUNCH_TEST_TRAIN_CMD)
 TRAIN_CMD = os.environ.get("LAUNCH_TEST_TRAIN_CMD") or None
 

@@ -8,15 +8,14 @@ import csv
 import json
 import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from data_paths import workbench_dir
 
 from megatron_grpo.data import download
 from megatron_grpo.data.workbench import WorkbenchError, convert_call, load_workbench, tool_schemas
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-WORKBENCH = SHARED / "data" / "workbench" / "data"  # the WorkBench sandbox (processed/, raw/)
+WORKBENCH = workbench_dir()  # WorkBench's data/ folder (processed/, raw/)
 QA = WORKBENCH / "processed" / "queries_and_answers"
 DOMAINS = ("customer_relationship_manager", "project_management", "analytics", "calendar", "email")
 

@@ -24,13 +24,12 @@ from environment.workplace import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data_paths import EXAMPLE, sandbox_dir, workbench_dir
 from reference_env import ReferenceEnv, load_reference  # noqa: E402
 from workplace_fuzzgen import WRITE_TOOLS, CallGenerator  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DATA_DIR = str(SHARED / "data" / "workplace_assistant" / "csv_data")
-WORKBENCH_DIR = str(SHARED / "data" / "workbench" / "data")
-EXAMPLE = SHARED / "data" / "workplace_assistant" / "data" / "example.jsonl"
+DATA_DIR = sandbox_dir()
+WORKBENCH_DIR = str(workbench_dir())
 FILES = {"emails": "emails.csv", "calendar": "calendar_events.csv", "analytics": "analytics_data.csv",
          "project_tasks": "project_tasks.csv", "crm": "customer_relationship_manager_data.csv"}
 

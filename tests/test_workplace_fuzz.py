@@ -16,11 +16,11 @@ import pytest
 from environment.workplace import WorkplaceEnv, verify_calls
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data_paths import sandbox_dir
 from reference_env import ReferenceEnv, load_reference, reference_reward  # noqa: E402
 from workplace_fuzzgen import CallGenerator  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DATA_DIR = str(SHARED / "data" / "workplace_assistant" / "csv_data")
+DATA_DIR = sandbox_dir()
 EPISODES, CALLS_PER_EPISODE = 100, 100  # 10k calls
 
 

@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
+from data_paths import sandbox_dir
 
 from environment.workplace import WorkplaceEnv
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DATA_DIR = SHARED / "data" / "workplace_assistant" / "csv_data"
+DATA_DIR = Path(sandbox_dir())
 
 
 def _read(name: str) -> list[dict]:

@@ -18,13 +18,13 @@ from hypothesis import strategies as st
 from environment.workplace import WorkplaceEnv, verify_calls
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data_paths import NEMO_GYM, sandbox_dir, workbench_dir
 from reference_env import load_reference, reference_reward  # noqa: E402
 from workplace_fuzzgen import PARAMS, WRITE_TOOLS, CallGenerator  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DATA_DIR = str(SHARED / "data" / "workplace_assistant" / "csv_data")
-EXAMPLES = SHARED / "data" / "workplace_assistant" / "data"
-WORKBENCH_EMAIL_QA = SHARED / "data" / "workbench" / "data" / "processed" / "queries_and_answers" / (
+DATA_DIR = sandbox_dir()
+EXAMPLES = NEMO_GYM
+WORKBENCH_EMAIL_QA = workbench_dir() / "processed" / "queries_and_answers" / (
     "email_queries_and_answers.csv")
 
 

@@ -3,7 +3,7 @@
 Tasks come from the Hugging Face dataset ``nvidia/Nemotron-RL-agent-workplace_assistant`` (its
 ``train`` split, 1255 rows) or from ``--source PATH``: a JSONL in the sample format, or a WorkBench
 ``queries_and_answers`` folder (converted with the 27 tool schemas and the system prompt). They are
-split 90/10 by category (scikit-learn, random_state=42; 1255 rows -> 1129 / 126 as in the seed) into
+split 90/10 by category (scikit-learn, random_state=42; 1255 rows -> 1129 / 126 as in the reference recipe) into
 ``train.jsonl`` / ``validation.jsonl``. The sandbox is NeMo-Gym's ``csv_data`` from the pinned
 ``nemo-gym`` wheel (sha256-checked), or ``--sandbox PATH``. Both steps are skipped when their output
 is already there, unless ``--force``.

@@ -1,6 +1,6 @@
 """`megatron-grpo prepare-data`: validate every sample, write aggregate metrics, add the agent reference.
 
-This is the job NeMo-Gym's ``ng_prepare_data`` did for the seed:
+This is the job NeMo-Gym's ``ng_prepare_data`` did for the reference recipe:
 1. every line of every ``--data`` file is checked; all problems are listed as ``file:line: field: message``
    and nothing is written if there is any;
 2. each row gets ``"agent_ref": {"type": "responses_api_agents", "name": <agent>}`` (the agent server

@@ -15,7 +15,7 @@ class PromptSampler:
 
     Every step has a full batch: the last step of an epoch takes the epoch's remaining samples and
     tops up from the start of the next epoch's order, so an epoch is ceil(N / prompts_per_step)
-    steps as the seed counts it (ceil(1129 / 32) = 36) and no sample is skipped.
+    steps as the reference recipe counts it (ceil(1129 / 32) = 36) and no sample is skipped.
     ``len(samples) < prompts_per_step`` is an error naming both numbers.
     """
 

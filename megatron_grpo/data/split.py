@@ -1,7 +1,7 @@
-"""Stratified train/validation split by category (scikit-learn), as the NeMo-RL seed does it.
+"""Stratified train/validation split by category (scikit-learn), as the reference recipe does it.
 
 ``train_test_split(samples, test_size=0.1, random_state=42, stratify=categories)`` on the rows in file
-order: with the same input this reproduces the seed's 1129/126 split of the 1255 Hugging Face rows.
+order: with the same input this reproduces the reference recipe's 1129/126 split of the 1255 Hugging Face rows.
 Categories too small to stratify (fewer than 2 rows) would make scikit-learn fail; they go to train
 whole, with a note, and the rest is split as usual.
 

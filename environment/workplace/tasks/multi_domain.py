@@ -95,7 +95,7 @@ def meet_rep_if_stale(rng: random.Random, sb: Sandbox) -> Draft | None:
         "Add {customer} as a new lead in the crm and assign them to whichever of {a} and {b} has fewer overdue "
         "tasks (due before today)",
         "{customer} is a new lead. Of {a} and {b}, find who has fewer tasks due before today that aren't "
-        "completed, and add the lead to the crm under them.",
+        "completed, and add {customer} to the crm under that person.",
         "Compare overdue tasks (due before today, not completed) for {a} and {b}, then add {customer} to the "
         "crm as a lead assigned to whoever has fewer.",
         "Compare overdue tasks (due before today, not completed) for {a} and {b}, then add {customer} to the "

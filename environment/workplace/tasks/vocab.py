@@ -35,7 +35,7 @@ EMAIL_BODIES = (
     "Could you share the latest numbers when you get a chance?",
     "I have moved our meeting; please check your calendar.",
     "The client signed off on the proposal.",
-    "Can you take the lead on this one?",
+    "Can you own this one?",
     "Please send me a short status update by end of day.",
     "Reminder: the deadline is next Monday.",
     "Great work on the launch this week!",

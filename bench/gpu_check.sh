@@ -1,40 +1,42 @@
 #!/usr/bin/env bash
-# The single-GPU verification of issues 3, 8 and 9 in ONE command on the device machine.
+# The single-GPU check in one command: the `gpu` tests plus the three GPU benchmarks, with a summary.
+#
+# For a GPU node without network (Python 3.12 with a CUDA torch and transformers, no megatron-core):
+# pre-download what it lacks on a machine with network, copy the checkout (with .gpu_wheels/) to the
+# node and run this script there:
+#   bash bench/prepare_gpu_wheels.sh     # with network: .gpu_wheels/ (megatron-core wheel + sandbox CSVs)
+#   bash bench/gpu_check.sh              # on the GPU node (OUT=DIR chooses where results go)
+# On a node with network where `pip install -e '.[test]'` is done, the install part changes nothing.
 #
 # What it runs (each part under its own time limit, all inside BUDGET_S seconds; a part that would
 # start with less than 20 s left is skipped and reported as such):
 #
 #   part        what                                                        expected (H100/H200)  limit
-#   install     carried wheels (.device_wheels/*.whl: megatron-core, cp312)  ~10 s                 60 s
+#   install     pre-downloaded wheels (.gpu_wheels/*.whl: megatron-core)     ~10 s                 60 s
 #               with pip --no-deps --no-index; this repo with
 #               pip install --no-deps --no-build-isolation -e . (PYTHONPATH fallback)
 #   pytest      pytest -m "gpu and not vllm" on the files with gpu tests:     ~3-4 min              240 s
 #               bf16 parity, refit parity, 3-step GRPO (megatron and hf
 #               engines), megatron engine bf16, policy offload/checkpoint.
-#               None needs Ray (the GRPO test uses env.num_actors=0);
-#               test_vllm_refit_parity is deselected (no vLLM there)
+#               None needs Ray (the GRPO test uses env.num_actors=0); the vLLM
+#               GPU test runs with -m "gpu and vllm" where vLLM is installed
 #   refit       bench/refit.py: Qwen3-4B stream -> hf engine vs copy floor  ~40 s                 75 s
 #   train_step  bench/train_step.py: Qwen3-4B seq 4096, ours vs bare mcore  ~50 s                 90 s
 #   generation  bench/generation.py: megatron engine (CUDA graphs) at batch ~2 min                150 s
 #               16/64/256 vs the hf engine at batch 64, prompt 1024, 256 new
 #
-# Outputs (at most 8 files come back from $OUT): summary.txt (device, versions, per-part rc and
-# seconds, the headline numbers), pytest.log, refit.log, train_step.log, generation.log and the
-# three bench JSON files. Without $OUT they go to results/device_check/.
-#
-# Use (from a session that has a device machine; prepare the wheels first, here):
-#   bash bench/prepare_device_wheels.sh
-#   run(command="bash bench/device_check.sh", carry=[".device_wheels"], timeout_s=600)
-# Rerun only some parts: bash bench/device_check.sh refit generation
-# Env: BUDGET_S (default 560), WHEELS (default .device_wheels), PYTEST_ARGS (extra pytest args,
-# e.g. "-x"), PYTHON (default python3: the image's Python 3.12 with torch 2.11).
+# Outputs in $OUT (default results/gpu_check/): summary.txt (card, versions, per-part rc and seconds,
+# the headline numbers), pytest.log, refit.log, train_step.log, generation.log and the three bench
+# JSON files. Rerun only some parts: bash bench/gpu_check.sh refit generation
+# Env: BUDGET_S (default 560), WHEELS (default .gpu_wheels), PYTEST_ARGS (extra pytest args,
+# e.g. "-x"), PYTHON (default python3).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
 REPO=$PWD
-OUT=${OUT:-$REPO/results/device_check}
+OUT=${OUT:-$REPO/results/gpu_check}
 mkdir -p "$OUT"
-WHEELS=${WHEELS:-.device_wheels}
+WHEELS=${WHEELS:-.gpu_wheels}
 BUDGET_S=${BUDGET_S:-560}
 PY=${PYTHON:-python3}
 START=$(date +%s)
@@ -45,7 +47,7 @@ PARTS=("$@")
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 if [ -d "$WHEELS/csv_data/processed" ]; then
-    export WORKPLACE_DATA_DIR=$REPO/$WHEELS/csv_data  # the sandbox for the GRPO test (../shared stays here)
+    export WORKPLACE_DATA_DIR=$REPO/$WHEELS/csv_data  # the sandbox for the GRPO test (no network on the node)
 fi
 
 say() { echo "$*" | tee -a "$SUMMARY"; }
@@ -73,11 +75,11 @@ run_part() {
 want() { local p; for p in "${PARTS[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 
 {
-    echo "== device_check $(date -u +%FT%TZ) parts: ${PARTS[*]} budget ${BUDGET_S}s"
+    echo "== gpu_check $(date -u +%FT%TZ) parts: ${PARTS[*]} budget ${BUDGET_S}s"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || true
     "$PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, \
 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)" 2>&1
-    echo "carried: $(ls "$WHEELS" 2>&1 | tr '\n' ' ')"
+    echo "pre-downloaded: $(ls "$WHEELS" 2>&1 | tr '\n' ' ')"
     echo "WORKPLACE_DATA_DIR=${WORKPLACE_DATA_DIR:-<unset>}"
 } >> "$SUMMARY"
 
@@ -96,8 +98,8 @@ if want install; then
 fi
 
 if want pytest; then
-    # only the files that hold gpu tests (collecting the CPU suite would import ray/datasets, which the
-    # device machine lacks); a collection error in one file must not stop the others
+    # only the files that hold gpu tests (collecting the CPU suite would import ray/datasets, which a
+    # bare GPU image may lack); a collection error in one file must not stop the others
     GPU_TEST_FILES=$(grep -l 'pytest.mark.gpu' tests/test_*.py | tr '\n' ' ')
     run_part pytest 240 "$PY -m pytest -m 'gpu and not vllm' $GPU_TEST_FILES -v -rfE --timeout 200 \
         --continue-on-collection-errors -p no:cacheprovider ${PYTEST_ARGS:-}"
