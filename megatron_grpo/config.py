@@ -162,6 +162,9 @@ class EnvConfig:
     data_dir: str | None = None  # sandbox csv_data; None -> WORKPLACE_DATA_DIR or the download cache
     num_actors: NonNegativeInt = 4  # 0: run episodes in the trainer's process (no Ray)
     tool_subset: Literal["all", "domain"] = "all"  # domain: the task's domains + company_directory (WorkBench)
+    # a <tool_call> block that is not valid JSON: plain_text (the reference: the turn is text, no
+    # call, the episode ends) | error_output (run it as a failing call, the model gets another step)
+    on_malformed_tool_call: Literal["plain_text", "error_output"] = "plain_text"
 
 
 @dataclass

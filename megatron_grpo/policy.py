@@ -44,13 +44,13 @@ from megatron_grpo import cpu_compat, shared_prefix
 from megatron_grpo import optimizer as optim
 from megatron_grpo.config import PolicyConfig
 from megatron_grpo.distributed import reduce_loss_metrics
+from megatron_grpo.grpo import LossFn
 
 if TYPE_CHECKING:
     from megatron_grpo.distributed import ParallelLayout
 
 log = logging.getLogger(__name__)
 
-LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 
 
 class PolicyInputError(ValueError):

@@ -12,7 +12,6 @@ import argparse
 import logging
 import math
 import os
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -194,7 +193,8 @@ def rollout(run: Run, samples: Sequence[dict], *, temperature: float | None = No
     def run_here(mine: Sequence[dict]):
         return run_episodes(run.engine, run.env, run.renderer, mine, params,
                             max_steps=run.cfg.grpo.max_rollout_turns,
-                            context_limit=run.cfg.policy.max_total_sequence_length)
+                            context_limit=run.cfg.policy.max_total_sequence_length,
+                            on_malformed_tool_call=run.cfg.env.on_malformed_tool_call)
 
     if run.engine is not None:
         run.engine.wake()
@@ -449,17 +449,13 @@ def export_hf(run: Run) -> Path:
 # ----------------------------------------------------------------------------- CLI
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ensure_master_port() -> None:
     """A lone process (no torchrun/srun variables) rendezvous on any free port."""
     launched = "RANK" in os.environ or "SLURM_PROCID" in os.environ
     if not launched and "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(_free_port())
+        from megatron_grpo.distributed import free_port
+
+        os.environ["MASTER_PORT"] = str(free_port())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 
-DOMAINS = ("email", "calendar", "analytics", "project_management", "customer_relationship_manager")
+from environment.workplace.env import DOMAINS
+
 DIRECTORY = "company_directory"
 
 
