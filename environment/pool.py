@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import signal
 import threading
@@ -32,6 +33,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # environment variables an actor needs (never the whole os.environ: NeMo-RL issue #309)
 ACTOR_ENV_VARS = ("WORKPLACE_DATA_DIR", "MEGATRON_GRPO_CACHE", "PYTHONWARNINGS", "PYTHONHASHSEED")
@@ -99,6 +102,12 @@ class EpisodeWorker:
 
     def ping(self) -> int:
         return os.getpid()
+
+    def node_ip(self) -> str:
+        """The address of the Ray node this worker runs on (Ray actors only)."""
+        import ray
+
+        return ray.util.get_node_ip_address()
 
 
 def _plain(call: dict) -> dict:
@@ -202,6 +211,8 @@ class RayEnvPool:
             num_cpus=cpus_per_actor, max_restarts=0, runtime_env={"env_vars": env_vars}
         )
         self.slots = [_Slot(self._new_actor()) for _ in range(num_actors)]
+        nodes = ray.get([slot.actor.node_ip.remote() for slot in self.slots])
+        log.info("env pool: %d actor(s) on Ray node(s) %s", num_actors, ", ".join(sorted(set(nodes))))
         self.logs: dict[int, list[dict]] = {}
         self.route: dict[int, int] = {}
         self.replacements = 0
