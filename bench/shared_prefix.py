@@ -107,7 +107,7 @@ def build_model(args, out_dir: str) -> str:
     heads = max(2, args.hidden // 64)
     return save_tiny_qwen3(out_dir, args.vocab, num_layers=args.layers, hidden=args.hidden, num_heads=heads,
                            num_kv_heads=max(1, heads // 2), head_dim=64, ffn_hidden=3 * args.hidden,
-                           max_position_embeddings=max(8192, args.max_len), init_std=0.02, seed=0)
+                           max_position_embeddings=max(8192, args.max_len), seed=0)
 
 
 def main(argv: list[str] | None = None) -> int:
