@@ -140,6 +140,8 @@ def setup(cfg: Config, teardown: ExitStack | None = None) -> Run:
     torch.manual_seed(cfg.grpo.seed + layout.rank)
     # old and new logprobs under the rollouts' sampling distribution, softmax(logits / T) (generation/base.py)
     policy = MegatronPolicy(p, layout, model_dir, temperature=cfg.generation.temperature, train_iters=total_steps)
+    if cfg.loss_fn.reference_policy_kl_penalty:
+        policy.keep_reference()  # the initial model, before any resume
     backend = resolve_backend(cfg.generation)
     spmd_engine = backend in SPMD_BACKENDS
     engine = env = None
@@ -245,8 +247,10 @@ def collect_rollouts(run: Run, step: int) -> Rollouts:
     return Rollouts(episodes, batch, rewards, timing, dropped, kept[: len(episodes)])
 
 
-def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_fn) -> dict[str, float]:
-    """Optimizer steps over the step's samples in chunks of ``policy.train_global_batch_size``."""
+def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_fn,
+                      ref_logprobs: torch.Tensor | None = None) -> dict[str, float]:
+    """Optimizer steps over the step's samples in chunks of ``policy.train_global_batch_size``
+    (``ref_logprobs``: the reference policy's, when the KL penalty is on)."""
     g = run.cfg.grpo
     advantages = grpo.compute_advantages(ro.rewards, g.num_generations_per_prompt,
                                          leave_one_out=g.use_leave_one_out_baseline,
@@ -272,6 +276,8 @@ def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_f
         }
         if is_weights is not None:
             batch["is_weights"] = is_weights[sl]
+        if ref_logprobs is not None:
+            batch["ref_logprobs"] = ref_logprobs[sl]
         results.append(run.policy.train_step(batch, loss_fn, group_size=group))
     out = {key: sum(r[key] for r in results) / len(results) for key in results[0]}
     out.update(is_metrics)
@@ -407,9 +413,14 @@ def train(cfg: Config) -> dict[str, float]:
                 with timer("logprobs"):
                     old_logprobs = run.policy.logprobs(ro.batch["input_ids"], ro.batch["lengths"],
                                                        group_size=cfg.grpo.num_generations_per_prompt)
+                ref_logprobs = None
+                if cfg.loss_fn.reference_policy_kl_penalty:
+                    with timer("ref_logprobs"):
+                        ref_logprobs = run.policy.reference_logprobs(
+                            ro.batch["input_ids"], ro.batch["lengths"], group_size=cfg.grpo.num_generations_per_prompt)
                 mismatch = logprob_mismatch(ro.batch["gen_logprobs"], old_logprobs, ro.batch["loss_mask"])
                 with timer("train"):
-                    train_out = train_on_rollouts(run, ro, old_logprobs, loss_fn)
+                    train_out = train_on_rollouts(run, ro, old_logprobs, loss_fn, ref_logprobs)
                 with timer("refit"):
                     refit(run)
                 last = step_metrics(run, ro, train_out, timer, mismatch)
