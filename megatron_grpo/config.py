@@ -108,8 +108,9 @@ class GenerationConfig:
     top_k: int | None = None
     max_new_tokens: int = 4096
     max_model_len: int = 32768
-    gpu_memory_utilization: float = 0.6
-    refit_bucket_mb: int = 512
+    gpu_memory_utilization: float = 0.6  # vllm on GPU: fraction of the memory free when the engine is built
+    cpu_kv_cache_gib: float = 2.0  # vllm on CPU: its KV cache (vLLM's own default reserves most of the RAM)
+    refit_bucket_mb: float = 512  # refit stream bucket size (MiB; fractions for tests)
     enable_prefix_caching: bool = True
 
 
