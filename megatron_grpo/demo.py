@@ -117,14 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     from environment.workplace.sandbox_fetch import fetch_sandbox
     from megatron_grpo.config import load_config
     from megatron_grpo.data.samples import write_jsonl
+    from megatron_grpo.distributed import free_port
     from megatron_grpo.models.tiny import save_tiny_qwen3
     from megatron_grpo.rollout.tool_subset import restrict_tools
     from megatron_grpo.sft import run_sft
-    from megatron_grpo.trainer import _free_port, train
+    from megatron_grpo.trainer import train
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
 
     data_dir = os.environ.get("WORKPLACE_DATA_DIR") or str(fetch_sandbox())
     os.environ["WORKPLACE_DATA_DIR"] = data_dir  # Ray actors inherit it

@@ -44,13 +44,13 @@ from megatron_grpo import cpu_compat, shared_prefix
 from megatron_grpo import optimizer as optim
 from megatron_grpo.config import PolicyConfig
 from megatron_grpo.distributed import reduce_loss_metrics
+from megatron_grpo.grpo import LossFn
 
 if TYPE_CHECKING:
     from megatron_grpo.distributed import ParallelLayout
 
 log = logging.getLogger(__name__)
 
-LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 
 
 class PolicyInputError(ValueError):
@@ -128,8 +128,6 @@ class MegatronPolicy:
         on_gpu = cpu_compat.cuda_enabled()  # MEGATRON_GRPO_DEVICE=cpu forces the CPU path
         self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else None
         self.bf16 = on_gpu and cfg.precision == "bfloat16"
-        if cfg.precision not in ("bfloat16", "float32"):
-            raise PolicyInputError(f"policy.precision must be 'bfloat16' or 'float32', got {cfg.precision!r}")
         params_dtype = torch.bfloat16 if self.bf16 else torch.float32
         if cfg.precision == "bfloat16" and not self.bf16:
             log.info("policy.precision=bfloat16 without CUDA: training in float32 on CPU")

@@ -15,6 +15,7 @@ import pytest
 import torch
 from dist_utils import run_distributed
 from test_policy import VOCAB, hf_weights, policy_config, test_loss
+from test_trainer import _metrics, _train, tiny_run  # noqa: F401 - tiny_run is a fixture
 
 G = 4
 
@@ -142,3 +143,28 @@ def test_shared_prefix_matches_unshared_pp2_recompute(hf_dir):
 
 def test_shared_prefix_matches_unshared_dp2_distributed_optimizer(hf_dir):
     _check(run_distributed(_compare_layouts, 2, hf_dir, 1, 1, False, True))
+
+
+# ---------------------------------------------------------------------- a GRPO run
+
+
+@pytest.mark.slow
+def test_grpo_run_with_shared_prefix_reproduces_the_unshared_run(tiny_run):  # noqa: F811 - the fixture
+    """Two GRPO steps on the tiny CPU config (hf engine, multi-turn episodes, G=4), once per layout:
+    the same rewards, sequence lengths, loss and grad norm step for step."""
+    root, overrides = tiny_run
+    common = [*overrides, "policy.tensor_model_parallel_size=1", "grpo.max_num_steps=2",
+              "grpo.num_generations_per_prompt=4", "policy.train_global_batch_size=8", "grpo.val_period=0",
+              "checkpointing.enabled=false"]
+    runs = {}
+    for shared in ("false", "true"):
+        run_dir = root / f"shared_prefix_{shared}"
+        _train(run_dir, [*common, f"policy.shared_prefix={shared}"], nproc=1)
+        runs[shared] = _metrics(run_dir)
+    assert sorted(runs["true"]) == sorted(runs["false"]) == [1, 2]
+    for step in (1, 2):
+        base, shared = runs["false"][step], runs["true"][step]
+        for key in ("train:reward_mean", "train:mean_seq_len", "train:mean_turns"):
+            assert shared[key] == base[key], (step, key)
+        for key in ("policy_loss", "grad_norm", "gen_train_logprob_error"):
+            assert shared[key] == pytest.approx(base[key], rel=1e-4, abs=1e-6), (step, key)
