@@ -22,7 +22,7 @@ setup(
         "safetensors>=0.4,<1",
         "tokenizers>=0.21,<1",
         "transformers>=5.0,<6",  # tested: 5.24.0
-        "ray>=2.40,<2.61",  # tested: 2.60.0
+        "ray>=2.52,<2.61",  # tested: 2.60.0; 2.52 is the first with token authentication
         "submitit>=1.5,<1.6",  # tested: 1.5.4
         "scikit-learn>=1.5,<2",
         "python-dateutil>=2.8,<5",  # the environment's date parsing (pandas-compatible)

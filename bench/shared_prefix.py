@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             records[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
             print(json.dumps(records[variant]), flush=True)
             results.append(records[variant])
-        err = float((torch.load(os.path.join(tmp, "shared.pt")) - torch.load(os.path.join(tmp, "unshared.pt")))
+        err = float((torch.load(os.path.join(tmp, "shared.pt"), weights_only=True)
+                     - torch.load(os.path.join(tmp, "unshared.pt"), weights_only=True))
                     .abs().max())
     base, shared = records["unshared"], records["shared"]
     summary = dict(

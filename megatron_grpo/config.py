@@ -96,7 +96,11 @@ class LossConfig:
     ratio_clip_c: Annotated[float, Range(min=1, open_min=True)] | None = None  # dual clip, > 1
     reference_policy_kl_penalty: NonNegativeFloat = 0.0
     reference_policy_kl_type: Literal["k1", "k2", "k3"] = "k3"
-    token_level_loss: bool = True
+    token_level_loss: bool = True  # false: mean of per-sequence means over every sample of the batch
+    # truncated importance sampling: scale each token's policy-gradient term by
+    # min(pi_old / pi_gen, truncated_importance_sampling_ratio) (training vs generation numerics)
+    use_importance_sampling_correction: bool = False
+    truncated_importance_sampling_ratio: PositiveFloat | None = 2.0  # the cap C; null: no truncation
 
 
 @dataclass

@@ -254,6 +254,11 @@ def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_f
     gbs = run.cfg.policy.train_global_batch_size
     group = math.gcd(g.num_generations_per_prompt, gbs)  # rows of one prompt within one chunk
     n = ro.rewards.numel()
+    lc = run.cfg.loss_fn
+    is_weights, is_metrics = None, {}
+    if lc.use_importance_sampling_correction:
+        is_weights, is_metrics = grpo.truncated_importance_weights(
+            old_logprobs, ro.batch["gen_logprobs"], ro.batch["loss_mask"], lc.truncated_importance_sampling_ratio)
     results: list[dict[str, float]] = []
     for lo in range(0, n, gbs):
         sl = slice(lo, lo + gbs)
@@ -263,10 +268,13 @@ def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_f
             "lengths": ro.batch["lengths"][sl],
             "old_logprobs": old_logprobs[sl],
             "advantages": advantages[sl],
-            "loss_weights": grpo.loss_token_weights(mask, token_level=run.cfg.loss_fn.token_level_loss),
+            "loss_weights": grpo.loss_token_weights(mask, token_level=lc.token_level_loss),
         }
+        if is_weights is not None:
+            batch["is_weights"] = is_weights[sl]
         results.append(run.policy.train_step(batch, loss_fn, group_size=group))
     out = {key: sum(r[key] for r in results) / len(results) for key in results[0]}
+    out.update(is_metrics)
     out["advantage_mean"] = float(advantages.mean())
     return out
 

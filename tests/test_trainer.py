@@ -51,6 +51,7 @@ def tiny_run(tmp_path_factory):
         "policy.logprob_batch_size=2",
         "generation.max_new_tokens=12",
         "generation.temperature=0.5",  # rollouts, old and new logprobs all at T=0.5
+        "loss_fn.use_importance_sampling_correction=true",
         "grpo.max_rollout_turns=2",
         "grpo.max_val_samples=2",
         "grpo.val_period=2",
@@ -95,6 +96,9 @@ def test_grpo_tp2_trains_checkpoints_resumes_and_exports(tiny_run):
         # the engine holds the policy's weights after every refit and reports the T=0.5 distribution the
         # policy scores: the logprob mismatch stays tiny
         assert rec["gen_train_logprob_error"] < 1e-4, rec["gen_train_logprob_error"]
+        # so the truncated importance weights pi_old / pi_gen are 1 and none is truncated
+        assert rec["train:is_weight_mean"] == pytest.approx(1.0, abs=1e-3), rec
+        assert rec["train:is_weight_max"] < 1.01 and rec["train:is_truncated_fraction"] == 0.0, rec
     assert "val:accuracy" in metrics_a[2] and "val:accuracy" in metrics_a[4]
 
     # rollout traces (rank 0 only): 2 groups x 2 samples per step, every validation episode
