@@ -90,7 +90,11 @@ def _compare_layouts(hf_dir: str, tp: int, pp: int, sp: bool, distopt: bool, rec
         r["tokens_logprobs"] = policy.tokens_processed
         policy.temperature = 1.0
         r["metrics"] = policy.train_step(copy.deepcopy(batch), test_loss, group_size=G)
-        r["update"] = {k: v - before[k] for k, v in hf_weights(policy).items()}
+        after = hf_weights(policy)
+        r["update"] = {k: v - before[k] for k, v in after.items()}
+        # a second step with G=1: every row its own packed row (prefix = all but the last token)
+        r["metrics_g1"] = policy.train_step(copy.deepcopy(batch), test_loss, group_size=1)
+        r["update_g1"] = {k: v - after[k] for k, v in hf_weights(policy).items()}
         runs[shared] = r
     base, shared = runs[False], runs[True]
     for key in ("logprobs", "logprobs_g1", "logprobs_small", "logprobs_t07"):
@@ -99,13 +103,15 @@ def _compare_layouts(hf_dir: str, tp: int, pp: int, sp: bool, distopt: bool, rec
     out["raw"] = (base["logprobs"], shared["logprobs"])
     out["metrics"] = (base["metrics"], shared["metrics"])
     out["tokens"] = (base["tokens_logprobs"], shared["tokens_logprobs"])
+    out["metrics_g1"] = (base["metrics_g1"], shared["metrics_g1"])
     # relative L2 error of the whole update (max-abs ratios of Adam's first step amplify float noise
     # in gradients near eps)
-    diff = sum(float(((shared["update"][k] - u) ** 2).sum()) for k, u in base["update"].items())
-    scale = sum(float((u**2).sum()) for u in base["update"].values())
-    out["update_rel"] = (diff / scale) ** 0.5
-    out["update_max_abs"] = max(float((shared["update"][k] - u).abs().max()) for k, u in base["update"].items())
-    out["update_scale"] = scale**0.5
+    for key in ("update", "update_g1"):
+        diff = sum(float(((shared[key][k] - u) ** 2).sum()) for k, u in base[key].items())
+        scale = sum(float((u**2).sum()) for u in base[key].values())
+        out[f"{key}_rel"] = (diff / scale) ** 0.5
+        out[f"{key}_max_abs"] = max(float((shared[key][k] - u).abs().max()) for k, u in base[key].items())
+        out[f"{key}_scale"] = scale**0.5
     return out
 
 
@@ -114,14 +120,16 @@ def _check(results: list[dict]) -> None:
         assert r["logprob_scale"] > 1.0  # real logprobs, not zeros
         for key in ("logprobs", "logprobs_g1", "logprobs_small", "logprobs_t07"):
             assert r[key] < 1e-5, (key, r[key])
-        base, shared = r["metrics"]
-        assert shared["loss"] == pytest.approx(base["loss"], rel=1e-5, abs=1e-7)
-        assert shared["grad_norm"] == pytest.approx(base["grad_norm"], rel=1e-5)
-        assert shared["tokens"] == base["tokens"]
-        assert r["update_scale"] > 1e-3
+        for step in ("metrics", "metrics_g1"):
+            base, shared = r[step]
+            assert shared["loss"] == pytest.approx(base["loss"], rel=1e-5, abs=1e-7), step
+            assert shared["grad_norm"] == pytest.approx(base["grad_norm"], rel=1e-5), step
+            assert shared["tokens"] == base["tokens"]
         assert 0 < r["tokens"][1] < r["tokens"][0]  # the shared layout really ran, with fewer tokens
-        assert r["update_rel"] < 1e-5, r["update_rel"]
-        assert r["update_max_abs"] < 1e-6, r["update_max_abs"]  # as test_policy against transformers
+        for key in ("update", "update_g1"):
+            assert r[f"{key}_scale"] > 1e-3
+            assert r[f"{key}_rel"] < 1e-5, (key, r[f"{key}_rel"])
+            assert r[f"{key}_max_abs"] < 1e-6, (key, r[f"{key}_max_abs"])  # as test_policy against transformers
 
 
 @pytest.fixture(scope="module")
