@@ -171,6 +171,7 @@ def build_pack(input_ids: torch.Tensor, lengths: torch.Tensor, rows: list[int], 
 
 
 def pack_tokens(input_ids: torch.Tensor, lengths: torch.Tensor, rows: list[int]) -> int:
+    """Tokens of the packed row of ``rows`` before padding (prefix once + every rest)."""
     p = common_prefix_len(input_ids, lengths, rows)
     return p + sum(int(lengths[r]) - p for r in rows)
 
