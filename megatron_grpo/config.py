@@ -154,8 +154,9 @@ class GenerationConfig:
     top_k: NonNegativeInt | None = None  # None or 0: disabled
     max_new_tokens: PositiveInt = 4096
     max_model_len: PositiveInt = 32768
-    gpu_memory_utilization: UnitFraction = 0.6
-    refit_bucket_mb: PositiveInt = 512
+    gpu_memory_utilization: UnitFraction = 0.6  # vllm on GPU: fraction of the memory free when the engine is built
+    cpu_kv_cache_gib: PositiveFloat = 2.0  # vllm on CPU: its KV cache (vLLM's own default reserves most of the RAM)
+    refit_bucket_mb: PositiveFloat = 512  # refit stream bucket size (MiB; fractions for tests)
     enable_prefix_caching: bool = True
 
 

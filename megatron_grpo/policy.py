@@ -24,7 +24,11 @@ megatron sums.
 Batching: ``train_step`` is ONE optimizer step on exactly the batch it is given (the trainer cuts
 a rollout batch into ``policy.train_global_batch_size`` chunks if it wants several steps). Rows are
 right-padded; each micro-batch is trimmed to its own longest row (with PP: to the batch's longest,
-the p2p shapes being fixed); causal attention keeps padding out of the valid positions.
+the p2p shapes being fixed); causal attention keeps padding out of the valid positions. With
+``policy.shared_prefix`` (local spec), each run of ``group_size`` consecutive rows (a GRPO group)
+is one packed row ``[prefix | rest_1 .. rest_G]`` and one micro-batch (shared_prefix.py); groups
+stay whole on one DP rank and are split only past ``micro-batch rows x max_total_sequence_length``
+tokens; logprobs and loss inputs keep the per-row layout, so loss functions are unchanged.
 
 Precision: bf16 parameters with fp32 main weights/grads (Float16Module + megatron's mixed-precision
 optimizer) when CUDA is available and ``policy.precision == "bfloat16"``; fp32 everywhere on CPU.

@@ -261,11 +261,14 @@ def estimate_memory(
     else:
         acts = shape.num_layers * s * b * h * (34 / t if p.sequence_parallel else 10 + 24 / t) * scale
     logits = 2 * s * b * shape.vocab_size / t * 4
-    backend = cfg.generation.backend
-    if backend == "auto":
-        backend = "vllm" if device == "cuda" else "hf"
+    from megatron_grpo.generation import choose_backend
+
+    # the runtime's rule, for a cluster where vLLM is installed
+    backend, _ = choose_backend(cfg.generation.backend, device == "cuda", has_vllm=True)
     if backend == "vllm":
-        kv = cfg.generation.gpu_memory_utilization * gpu_memory_gb * GB
+        # the engine takes its fraction of what the policy left free when it was built
+        policy_static = weights + grads + optim
+        kv = cfg.generation.gpu_memory_utilization * max(0.0, gpu_memory_gb * GB - policy_static)
         gen_static = weights + (0 if p.optimizer.offload_during_generation else grads + optim)
     else:
         rollouts = cfg.grpo.num_prompts_per_step * cfg.grpo.num_generations_per_prompt / dp

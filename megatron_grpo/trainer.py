@@ -72,7 +72,6 @@ class Run:
     renderer: Any
     tokenizer: Any
     spmd_engine: bool
-    engine_shares_weights: bool  # the megatron engine decodes with the policy's own model: no refit
     train_samples: list[dict]
     val_samples: list[dict]
     sampler: Any
@@ -152,7 +151,7 @@ def setup(cfg: Config, teardown: ExitStack | None = None) -> Run:
     sampler = PromptSampler(train_samples, cfg.grpo.num_prompts_per_step, seed=cfg.grpo.seed,
                             shuffle=cfg.data.shuffle)
     return Run(cfg, layout, policy, engine, env, ChatRenderer(tokenizer), tokenizer, spmd_engine,
-               backend == "megatron", train_samples, val_samples, sampler, total_steps, model_dir,
+               train_samples, val_samples, sampler, total_steps, model_dir,
                Path(cfg.checkpointing.checkpoint_dir).parent)
 
 
@@ -188,9 +187,12 @@ def rollout(run: Run, samples: Sequence[dict], *, temperature: float | None = No
             seed: int | None = None) -> tuple[list, dict[str, float]]:
     """Episodes for ``samples`` (in order) on every rank, plus the rollout timing split."""
     from megatron_grpo.rollout.agent_loop import run_episodes
-    from megatron_grpo.rollout.spmd import gather_rollouts
+    from megatron_grpo.rollout.spmd import gather_rollouts, replica_seed
 
-    params = sampling_params(run.cfg, temperature=temperature, seed=seed)
+    # each data-parallel replica samples its own share: its own seed, or a GRPO group split across
+    # replicas would get the same samples twice
+    params = sampling_params(run.cfg, temperature=temperature,
+                             seed=None if seed is None else replica_seed(seed, run.layout.dp_rank))
 
     def run_here(mine: Sequence[dict]):
         return run_episodes(run.engine, run.env, run.renderer, mine, params,
@@ -344,17 +346,12 @@ def step_metrics(run: Run, ro: Rollouts, train: dict[str, float], timer: PhaseTi
     return out
 
 
-def refit(run: Run) -> None:
-    """Stream the policy's HF-named weights into the engine. The stream is collective (gathers over
-    TP/PP), so ranks without an engine drain it too; the megatron engine needs no refit at all."""
-    if run.engine_shares_weights:
-        return
-    stream = run.policy.weight_stream(run.cfg.generation.refit_bucket_mb << 20)
-    if run.engine is not None:
-        run.engine.load_weights(stream)
-    else:
-        for _ in stream:
-            pass
+def refit_engine(run: Run) -> dict[str, float]:
+    """The policy's weights into this rank's engine (``refit.refit``: the one refit path); its metrics."""
+    from megatron_grpo.refit import refit
+
+    stats = refit(run.policy.weight_stream(int(run.cfg.generation.refit_bucket_mb * 2**20)), run.engine)
+    return stats.as_metrics()
 
 
 def save(run: Run, step: int, metrics: dict[str, float]) -> Path:
@@ -378,7 +375,7 @@ def resume(run: Run) -> int:
         return 0
     info = load_checkpoint(path, run.policy)
     run.sampler.load_state_dict(info["data_state"])
-    refit(run)  # the engine must generate with the restored weights
+    refit_engine(run)  # the engine must generate with the restored weights
     log.info("resumed from %s at step %d", path, info["step"])
     return int(info["step"])
 
@@ -422,8 +419,9 @@ def train(cfg: Config) -> dict[str, float]:
                 with timer("train"):
                     train_out = train_on_rollouts(run, ro, old_logprobs, loss_fn, ref_logprobs)
                 with timer("refit"):
-                    refit(run)
+                    refit_metrics = refit_engine(run)
                 last = step_metrics(run, ro, train_out, timer, mismatch)
+                last.update(refit_metrics)
                 is_last = step == run.total_steps
                 if cfg.grpo.val_period > 0 and (step % cfg.grpo.val_period == 0 or is_last):
                     with timer("validation"):

@@ -37,8 +37,9 @@ def tiny_run(tmp_path_factory):
     write_jsonl(root / "train.jsonl", tasks[:32])
     write_jsonl(root / "validation.jsonl", tasks[32:])
     tokenizer = train_tiny_tokenizer(sample_texts(tasks), vocab_size=512)
+    # head_dim 32: the smallest vLLM's CPU attention supports (the vllm runs share this model)
     model = save_tiny_qwen3(root / "model", len(tokenizer), tokenizer=tokenizer, num_layers=2, hidden=64,
-                            max_position_embeddings=4096, init_std=0.02, seed=1)
+                            head_dim=32, max_position_embeddings=4096, init_std=0.02, seed=1)
     overrides = [
         f"policy.model_name={model}",
         f"data.train_path={root / 'train.jsonl'}",
