@@ -141,12 +141,14 @@ def main(argv: list[str] | None = None) -> int:
                                 groups=args.groups, rest=[args.rest_min, args.rest_max], layers=args.layers,
                                 hidden=args.hidden, vocab=args.vocab, threads=args.threads)]
     print(json.dumps(results[0]), flush=True)
+    from megatron_grpo.distributed import free_port
+
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(args, os.path.join(tmp, "model"))
         records = {}
         for variant in ("unshared", "shared"):
             cmd = [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:]),
-                   "--variant", variant, "--model-dir", model_dir, "--port", str(_free_port()),
+                   "--variant", variant, "--model-dir", model_dir, "--port", str(free_port()),
                    "--logprobs-out", os.path.join(tmp, f"{variant}.pt")]
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -178,14 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         with open(out, "w") as f:
             json.dump(results, f, indent=1)
     return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

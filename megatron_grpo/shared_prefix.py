@@ -171,6 +171,7 @@ def build_pack(input_ids: torch.Tensor, lengths: torch.Tensor, rows: list[int], 
 
 
 def pack_tokens(input_ids: torch.Tensor, lengths: torch.Tensor, rows: list[int]) -> int:
+    """Tokens of the packed row of ``rows`` before padding (prefix once + every rest)."""
     p = common_prefix_len(input_ids, lengths, rows)
     return p + sum(int(lengths[r]) - p for r in rows)
 
@@ -264,7 +265,7 @@ def token_logprobs(logits: torch.Tensor, pack: Pack, temperature: float = 1.0) -
     extra = torch.zeros(n_rows, dtype=torch.float32, device=dev)
     if p >= 1:
         firsts = ids[torch.tensor(pack.layout.tolist()[:n_rows], device=dev)]  # each rest's first token
-        x = logits[:, p - 1 : p].float().expand(1, n_rows, logits.shape[-1]).contiguous()
+        x = logits[:, p - 1 : p].float().repeat(1, n_rows, 1)  # a copy: the CE below works in place
         if temperature != 1.0:
             x = x / temperature
         extra = -tensor_parallel.vocab_parallel_cross_entropy(x, firsts[None])[0]
