@@ -566,7 +566,9 @@ def _two_node_trainer_job(slurm_conf_two, job_config, tmp_path, *overrides: str)
     assert re.search(r"2 node\(s\) joined \S+: n1, n2", log)
     # the worker advertises its own NodeAddr; the environment actors run on both nodes
     assert "Local node IP: 127.0.0.3" in (log_dir / f"ray-workers-{job}.log").read_text()
-    assert re.search(r"^0: .*env pool: 2 actor\(s\) on Ray node\(s\) 127\.0\.0\.2, 127\.0\.0\.3", log, re.M), log
+    # every generating rank (one per data-parallel replica) has its pool; together they use both nodes
+    pools = re.findall(r"^\d+: .*env pool: 2 actor\(s\) on Ray node\(s\) (.+)$", log, re.M)
+    assert {ip for nodes in pools for ip in nodes.split(", ")} == {"127.0.0.2", "127.0.0.3"}, log[-6000:]
     assert re.search(r"^0: step 1/1 \|", log, re.M)
     assert (tmp_path / "results/exp/checkpoints/step_1").is_dir()
     assert_nothing_left(job)
@@ -586,6 +588,7 @@ def test_two_nodes_dp2(slurm_conf_two, job_config, tmp_path):
     """The same with TP=1: the two ranks are data-parallel replicas on two nodes."""
     log = _two_node_trainer_job(slurm_conf_two, job_config, tmp_path, "policy.tensor_model_parallel_size=1")
     assert "world 2 = TP 1 x PP 1 x DP 2" in log
+    assert len(re.findall(r"^\d: .*env pool: ", log, re.M)) == 2  # one pool per replica, sharing Ray's CPUs
 
 
 def rank_pid(job_id: str, node: str, timeout_s: float) -> int:

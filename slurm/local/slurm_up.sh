@@ -10,7 +10,7 @@
 #              on this host (one `slurmd -N <node>` per node); slurmctld port 6827, slurmd 7821/7822.
 #              Every address is on this machine's loopback range (the whole 127/8 is local).
 #
-# Contract with the tests (tests/test_launch_slurm.py, tests/test_launch_two_nodes.py):
+# Contract with the tests (tests/test_launch_slurm.py):
 #   $SLURM_LOCAL_DIR/env.sh          `export SLURM_CONF=...` of the one-node cluster (also printed)
 #   $SLURM_LOCAL_DIR/two/env.sh      the same for the two-node cluster (printed as SLURM_CONF_TWO_NODES)
 #   $SLURM_LOCAL_DIR/unavailable.txt why SLURM could not be brought up (then the SLURM tests FAIL
