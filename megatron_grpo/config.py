@@ -232,6 +232,21 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
+def check_training_sampling(cfg: Config) -> None:
+    """Training samples must come from a distribution the policy can score: softmax(logits / T) with
+    T = generation.temperature > 0 and no top-k/top-p cut (generation/base.py, logprob convention)."""
+    g = cfg.generation
+    if g.temperature <= 0:
+        raise ConfigError(f"generation.temperature={g.temperature}: GRPO training samples need a temperature "
+                          f"> 0 (greedy rollouts give identical samples per group); use "
+                          f"generation.val_temperature=0 for greedy validation only")
+    if g.top_p < 1.0 or (g.top_k is not None and g.top_k > 0):
+        raise ConfigError(f"generation.top_p={g.top_p}, generation.top_k={g.top_k}: training cannot use a "
+                          f"top-p/top-k cut (the policy's logprobs would not match the distribution that "
+                          f"sampled the rollouts); set generation.top_p=1.0 and generation.top_k=null, and "
+                          f"lower generation.temperature for sharper samples")
+
+
 # ----------------------------------------------------------------------------- loading
 
 

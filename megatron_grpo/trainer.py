@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from megatron_grpo import grpo
-from megatron_grpo.config import Config, ConfigError, load_config, to_dict
+from megatron_grpo.config import Config, ConfigError, check_training_sampling, load_config, to_dict
 
 log = logging.getLogger("megatron_grpo.trainer")
 
@@ -139,6 +139,8 @@ def setup(cfg: Config, teardown: ExitStack | None = None) -> Run:
     torch.manual_seed(cfg.grpo.seed + layout.rank)
     # old and new logprobs under the rollouts' sampling distribution, softmax(logits / T) (generation/base.py)
     policy = MegatronPolicy(p, layout, model_dir, temperature=cfg.generation.temperature, train_iters=total_steps)
+    if cfg.loss_fn.reference_policy_kl_penalty:
+        policy.keep_reference()  # the initial model, before any resume
     backend = resolve_backend(cfg.generation)
     spmd_engine = backend in SPMD_BACKENDS
     engine = env = None
@@ -151,21 +153,6 @@ def setup(cfg: Config, teardown: ExitStack | None = None) -> Run:
     return Run(cfg, layout, policy, engine, env, ChatRenderer(tokenizer), tokenizer, spmd_engine,
                train_samples, val_samples, sampler, total_steps, model_dir,
                Path(cfg.checkpointing.checkpoint_dir).parent)
-
-
-def check_training_sampling(cfg: Config) -> None:
-    """Training samples must come from a distribution the policy can score: softmax(logits / T) with
-    T = generation.temperature > 0 and no top-k/top-p cut (generation/base.py, logprob convention)."""
-    g = cfg.generation
-    if g.temperature <= 0:
-        raise ConfigError(f"generation.temperature={g.temperature}: GRPO training samples need a temperature "
-                          f"> 0 (greedy rollouts give identical samples per group); use "
-                          f"generation.val_temperature=0 for greedy validation only")
-    if g.top_p < 1.0 or (g.top_k is not None and g.top_k > 0):
-        raise ConfigError(f"generation.top_p={g.top_p}, generation.top_k={g.top_k}: training cannot use a "
-                          f"top-p/top-k cut (the policy's logprobs would not match the distribution that "
-                          f"sampled the rollouts); set generation.top_p=1.0 and generation.top_k=null, and "
-                          f"lower generation.temperature for sharper samples")
 
 
 def sampling_params(cfg: Config, *, temperature: float | None = None, seed: int | None = None):
@@ -247,8 +234,10 @@ def collect_rollouts(run: Run, step: int) -> Rollouts:
     return Rollouts(episodes, batch, rewards, timing, dropped, kept[: len(episodes)])
 
 
-def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_fn) -> dict[str, float]:
-    """Optimizer steps over the step's samples in chunks of ``policy.train_global_batch_size``."""
+def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_fn,
+                      ref_logprobs: torch.Tensor | None = None) -> dict[str, float]:
+    """Optimizer steps over the step's samples in chunks of ``policy.train_global_batch_size``
+    (``ref_logprobs``: the reference policy's, when the KL penalty is on)."""
     g = run.cfg.grpo
     advantages = grpo.compute_advantages(ro.rewards, g.num_generations_per_prompt,
                                          leave_one_out=g.use_leave_one_out_baseline,
@@ -274,6 +263,8 @@ def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_f
         }
         if is_weights is not None:
             batch["is_weights"] = is_weights[sl]
+        if ref_logprobs is not None:
+            batch["ref_logprobs"] = ref_logprobs[sl]
         results.append(run.policy.train_step(batch, loss_fn, group_size=group))
     out = {key: sum(r[key] for r in results) / len(results) for key in results[0]}
     out.update(is_metrics)
@@ -404,9 +395,14 @@ def train(cfg: Config) -> dict[str, float]:
                 with timer("logprobs"):
                     old_logprobs = run.policy.logprobs(ro.batch["input_ids"], ro.batch["lengths"],
                                                        group_size=cfg.grpo.num_generations_per_prompt)
+                ref_logprobs = None
+                if cfg.loss_fn.reference_policy_kl_penalty:
+                    with timer("ref_logprobs"):
+                        ref_logprobs = run.policy.reference_logprobs(
+                            ro.batch["input_ids"], ro.batch["lengths"], group_size=cfg.grpo.num_generations_per_prompt)
                 mismatch = logprob_mismatch(ro.batch["gen_logprobs"], old_logprobs, ro.batch["loss_mask"])
                 with timer("train"):
-                    train_out = train_on_rollouts(run, ro, old_logprobs, loss_fn)
+                    train_out = train_on_rollouts(run, ro, old_logprobs, loss_fn, ref_logprobs)
                 with timer("refit"):
                     refit_metrics = refit_engine(run)
                 last = step_metrics(run, ro, train_out, timer, mismatch)

@@ -13,6 +13,10 @@ exact, worked out by hand:
   an unclamped reference does change the update;
 * truncated importance sampling: pi_old / pi_gen = 0.5 everywhere halves the gradient; a ratio of
   4 truncated at C = 2 doubles it (and the metrics say every token was truncated).
+
+Then a policy that trains (lr > 0) with the KL penalty against its kept reference: the reference
+logprobs stay those of the initial weights, and the trained weights are restored exactly after
+each reference pass.
 """
 
 from __future__ import annotations
@@ -86,6 +90,20 @@ def _grpo_steps(hf_dir: str) -> dict:
     out["is_half"], _ = step(is_cfg, tok_w, is_weights=half)
     capped, out["capped_metrics"] = grpo.truncated_importance_weights(old, old - math.log(4.0), mask, 2.0)
     out["is_capped"], _ = step(is_cfg, tok_w, is_weights=capped)
+
+    # the KL reference policy: the initial weights, scored by swapping them in and back out
+    cfg.optimizer.lr = cfg.optimizer.min_lr = 0.05
+    trained = MegatronPolicy(cfg, layout, hf_dir, temperature=0.7)
+    trained.keep_reference()
+    out["ref_before"] = trained.reference_logprobs(ids, lengths)
+    out["lp_before"] = trained.logprobs(ids, lengths)
+    for _ in range(2):  # KL on, against the kept reference
+        ref = trained.reference_logprobs(ids, lengths)
+        trained.train_step(dict(base, old_logprobs=trained.logprobs(ids, lengths), loss_weights=tok_w,
+                                ref_logprobs=ref), grpo.make_loss_fn(kl))
+    out["lp_after"] = trained.logprobs(ids, lengths)
+    out["ref_after"] = trained.reference_logprobs(ids, lengths)
+    out["lp_after_again"] = trained.logprobs(ids, lengths)  # the trained weights came back exactly
     return out
 
 
@@ -113,3 +131,14 @@ def test_loss_options_change_the_update_as_computed_by_hand(hf_dir):
     assert r["capped_metrics"]["is_weight_max"] == pytest.approx(4.0, rel=1e-5)
     assert r["capped_metrics"]["is_weight_mean"] == pytest.approx(2.0) and \
         r["capped_metrics"]["is_truncated_fraction"] == 1.0
+
+
+    valid = mask_of(r["lp_before"])
+    assert torch.equal(r["ref_before"], r["lp_before"])  # before training the reference is the policy
+    assert float((r["lp_after"] - r["lp_before"])[valid].abs().max()) > 1e-3  # training moved the policy
+    assert torch.equal(r["ref_after"], r["ref_before"])  # ... not the reference
+    assert torch.equal(r["lp_after_again"], r["lp_after"])
+
+
+def mask_of(logprobs: torch.Tensor) -> torch.Tensor:
+    return logprobs != 0

@@ -53,6 +53,7 @@ def tiny_run(tmp_path_factory):
         "generation.max_new_tokens=12",
         "generation.temperature=0.5",  # rollouts, old and new logprobs all at T=0.5
         "loss_fn.use_importance_sampling_correction=true",
+        "loss_fn.reference_policy_kl_penalty=0.05",  # reference = the initial model, also after resume
         "grpo.max_rollout_turns=2",
         "grpo.max_val_samples=2",
         "grpo.val_period=2",
@@ -100,6 +101,7 @@ def test_grpo_tp2_trains_checkpoints_resumes_and_exports(tiny_run):
         # so the truncated importance weights pi_old / pi_gen are 1 and none is truncated
         assert rec["train:is_weight_mean"] == pytest.approx(1.0, abs=1e-3), rec
         assert rec["train:is_weight_max"] < 1.01 and rec["train:is_truncated_fraction"] == 0.0, rec
+        assert rec["train:kl_penalty"] >= 0.0 and "timing/ref_logprobs" in rec, rec
     assert "val:accuracy" in metrics_a[2] and "val:accuracy" in metrics_a[4]
 
     # rollout traces (rank 0 only): 2 groups x 2 samples per step, every validation episode
@@ -133,7 +135,7 @@ def test_grpo_tp2_trains_checkpoints_resumes_and_exports(tiny_run):
     metrics_b = _metrics(run_b)
     assert sorted(metrics_b) == [3, 4]
     for step in (3, 4):
-        for key in ("train:reward_mean", "policy_loss", "grad_norm", "train:mean_seq_len"):
+        for key in ("train:reward_mean", "policy_loss", "grad_norm", "train:mean_seq_len", "train:kl_penalty"):
             assert metrics_b[step][key] == pytest.approx(metrics_a[step][key], rel=1e-5, abs=1e-7), (step, key)
 
     # the end-of-run HF export (TP=2, from the live policy) equals convert-to-hf of the last checkpoint
