@@ -90,11 +90,11 @@ def _set_launcher_env(on_cuda: bool) -> None:
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     else:
-        from megatron_grpo.distributed import _free_port
+        from megatron_grpo.distributed import free_port
 
         rank, world = 0, 1
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     if on_cuda:
         local = torch.cuda.current_device()  # the device the policy uses: vLLM takes cuda:LOCAL_RANK
     else:
