@@ -247,9 +247,10 @@ import json, os, sys
 from megatron_grpo.generation.base import SamplingParams
 from megatron_grpo.generation.vllm_engine import VLLMEngine
 
-engine = VLLMEngine(sys.argv[1], dtype="float32", max_model_len=256, cpu_kv_cache_gib=0.25)
-out = engine.generate([[5, 6, 7, 8]], SamplingParams(temperature=1.0, max_new_tokens=4, seed=1))
-print(json.dumps({"ids": out[0].token_ids}))
+engine = VLLMEngine(sys.argv[1], dtype="float32", max_model_len=4096, cpu_kv_cache_gib=0.25)
+prompts = [[5, 6, 7, 8] * 750, [9, 10, 11] * 1000]  # together longer than one default scheduler step
+out = engine.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=4, seed=1))
+print(json.dumps({"ids": [g.token_ids for g in out]}))
 engine.shutdown()
 """
 
@@ -257,7 +258,8 @@ engine.shutdown()
 @pytest.mark.vllm
 def test_vllm_engine_in_a_lone_process(tiny_agent_model, tmp_path):
     """A benchmark or a notebook builds the engine with no process group: the external launcher
-    gets a rendezvous of its own, and generation works."""
+    gets a rendezvous of its own. Seeded requests whose prompts together exceed one scheduler step
+    generate (on CPU a chunked prefill of a seeded request would fail inside vLLM)."""
     model_dir = tiny_agent_model[0]
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
@@ -265,4 +267,4 @@ def test_vllm_engine_in_a_lone_process(tiny_agent_model, tmp_path):
                           env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(result["ids"]) == 4
+    assert [len(ids) for ids in result["ids"]] == [4, 4]

@@ -167,6 +167,11 @@ class VLLMEngine:
         if self.on_cpu:
             memory["kv_cache_memory_bytes"] = int(cpu_kv_cache_gib * 2**30)
             memory["enforce_eager"] = True
+            # A prompt longer than one scheduler step is prefilled in chunks, and vLLM then rewinds
+            # the request's seeded generator, which a CPU generator cannot do ("CPU Generator does
+            # not use offset"): every prompt is prefilled whole on CPU.
+            memory["enable_chunked_prefill"] = False
+            memory["max_num_batched_tokens"] = max(max_model_len, 4096)
         else:
             free, total = torch.cuda.mem_get_info()
             memory["gpu_memory_utilization"] = memory_fraction(gpu_memory_utilization, free, total)
