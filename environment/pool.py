@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# environment variables an actor needs (never the whole os.environ, which leaks secrets into actors and breaks their start-up)
+# environment variables an actor needs (never the whole os.environ: it would leak secrets into actors)
 ACTOR_ENV_VARS = ("WORKPLACE_DATA_DIR", "MEGATRON_GRPO_CACHE", "PYTHONWARNINGS", "PYTHONHASHSEED")
 
 
