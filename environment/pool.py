@@ -36,7 +36,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# environment variables an actor needs (never the whole os.environ: NeMo-RL issue #309)
+# environment variables an actor needs (never the whole os.environ: it would leak secrets into actors)
 ACTOR_ENV_VARS = ("WORKPLACE_DATA_DIR", "MEGATRON_GRPO_CACHE", "PYTHONWARNINGS", "PYTHONHASHSEED")
 
 

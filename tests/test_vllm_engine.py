@@ -10,6 +10,9 @@ missing tensor. TP=2 and TP=1 x DP=2 run through the trainer (tests/test_trainer
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -237,3 +240,31 @@ def test_memory_fraction_is_of_the_free_memory():
     assert memory_fraction(0.5, free_bytes=60, total_bytes=80) == pytest.approx(0.375)
     with pytest.raises(ConfigError, match="generation.gpu_memory_utilization"):
         memory_fraction(1.5, 60, 80)
+
+
+LONE_ENGINE = """
+import json, os, sys
+from megatron_grpo.generation.base import SamplingParams
+from megatron_grpo.generation.vllm_engine import VLLMEngine
+
+engine = VLLMEngine(sys.argv[1], dtype="float32", max_model_len=4096, cpu_kv_cache_gib=0.25)
+prompts = [[5, 6, 7, 8] * 750, [9, 10, 11] * 1000]  # together longer than one default scheduler step
+out = engine.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=4, seed=1))
+print(json.dumps({"ids": [g.token_ids for g in out]}))
+engine.shutdown()
+"""
+
+
+@pytest.mark.vllm
+def test_vllm_engine_in_a_lone_process(tiny_agent_model, tmp_path):
+    """A benchmark or a notebook builds the engine with no process group: the external launcher
+    gets a rendezvous of its own. Seeded requests whose prompts together exceed one scheduler step
+    generate (on CPU a chunked prefill of a seeded request would fail inside vLLM)."""
+    model_dir = tiny_agent_model[0]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-c", LONE_ENGINE, model_dir], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [len(ids) for ids in result["ids"]] == [4, 4]

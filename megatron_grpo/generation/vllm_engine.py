@@ -90,11 +90,11 @@ def _set_launcher_env(on_cuda: bool) -> None:
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     else:
-        from megatron_grpo.distributed import _free_port
+        from megatron_grpo.distributed import free_port
 
         rank, world = 0, 1
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     if on_cuda:
         local = torch.cuda.current_device()  # the device the policy uses: vLLM takes cuda:LOCAL_RANK
     else:
@@ -167,6 +167,11 @@ class VLLMEngine:
         if self.on_cpu:
             memory["kv_cache_memory_bytes"] = int(cpu_kv_cache_gib * 2**30)
             memory["enforce_eager"] = True
+            # A prompt longer than one scheduler step is prefilled in chunks, and vLLM then rewinds
+            # the request's seeded generator, which a CPU generator cannot do ("CPU Generator does
+            # not use offset"): every prompt is prefilled whole on CPU.
+            memory["enable_chunked_prefill"] = False
+            memory["max_num_batched_tokens"] = max(max_model_len, 4096)
         else:
             free, total = torch.cuda.mem_get_info()
             memory["gpu_memory_utilization"] = memory_fraction(gpu_memory_utilization, free, total)
