@@ -377,6 +377,23 @@ def test_ray_wait_names_unreachable_head():
     assert "headnode did not start Ray" in rc.stderr
 
 
+def test_ray_wait_gives_up_on_a_head_that_never_answers():
+    """The GCS port accepts connections but no Ray answers (a head that died while starting):
+    ray-wait still ends, after its timeout plus a grace period, with one line naming the head."""
+    env = ray_auth.apply_token(dict(os.environ), ray_auth.new_token())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        port = s.getsockname()[1]
+        start = time.monotonic()
+        rc = subprocess.run([sys.executable, "-m", "megatron_grpo.launch", "ray-wait", "--address",
+                             f"127.0.0.1:{port}", "--nodes", "headnode", "--timeout", "3"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert rc.returncode == 1 and time.monotonic() - start < 60, rc.stderr
+    assert re.search(r"ray-wait: Ray head 127\.0\.0\.1:\d+ did not answer within \d+ s; see the ray-head log of "
+                     r"headnode", rc.stderr), rc.stderr
+
+
 def free_port_block(n: int = 8) -> int:
     for base in range(23000, 30000, 10):
         try:
