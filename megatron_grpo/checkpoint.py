@@ -54,14 +54,34 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megatron_grpo.config import UserError
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be found, read or matched to the current run; names the path."""
+
+
+# HF config fields that fix the shapes of the Megatron shards: a checkpoint only loads into the same
+SHAPE_FIELDS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings")
+
+
+def check_model_shape(step_dir: str | os.PathLike, hf_config: Any) -> None:
+    """Raise CheckpointError naming the first differing field when ``step_dir`` holds another model."""
+    saved = read_run_config(step_dir).get("hf_config", {})
+    here = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
+    for name in SHAPE_FIELDS:
+        if name in saved and saved.get(name) != here.get(name):
+            raise CheckpointError(
+                f"{step_dir} holds a model with {name}={saved.get(name)} but policy.model_name gives "
+                f"{name}={here.get(name)}; resume it with the model it was trained from, or start fresh "
+                f"with checkpointing.resume=none or another checkpointing.checkpoint_dir"
+            )
 
 
 # ---------------------------------------------------------------------- retention (pure)
@@ -342,6 +362,8 @@ def load_checkpoint(step_dir: str | os.PathLike, policy: Any) -> dict[str, Any]:
             f"saved policy.tensor_model_parallel_size/pipeline_model_parallel_size (convert-to-hf "
             f"works at any TP/PP)"
         )
+    if (step_dir / "run_config.json").is_file() and getattr(policy, "hf_config", None) is not None:
+        check_model_shape(step_dir, policy.hf_config)
     path = step_dir / "model_optim"
     try:
         state = dist_checkpointing.load(policy.sharded_state_dict(is_loading=True), str(path))

@@ -1,6 +1,8 @@
 """`megatron-grpo` entry point: one subcommand per job, each implemented by a module's ``main(argv)``.
 
 Subcommand modules are imported only when chosen, so `megatron-grpo download` never imports torch.
+A ``UserError`` (a bad setting, a missing file or folder) ends the command with its one-line message
+and exit code 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -40,7 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megatron-grpo: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    from megatron_grpo.config import UserError
+
+    try:
+        return int(module.main(rest) or 0)
+    except UserError as exc:  # a setting, file or folder the user fixes: one line, no traceback
+        print(f"megatron-grpo {name}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ Override forms (as the reference recipe accepts them):
     logger.wandb.name=run1         nested sections
 
 Values in overrides are parsed as YAML scalars (``5`` -> int, ``true`` -> bool, ``null`` -> None).
+
+Every field's type is checked at load, and so are its allowed values: a ``Literal`` names the
+choices (a typo gets the closest valid choice), and ``Annotated[..., Range(...)]`` bounds a number.
+Nothing downstream re-checks these.
 """
 
 from __future__ import annotations
@@ -19,31 +23,67 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A problem the user fixes (a setting, a file, a folder). The message is one line naming it and
+    the fix; the command line prints it without a traceback (cli.py)."""
+
+
+class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the schema; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed interval of a number field: ``min``/``max`` inclusive unless ``open_min``/``open_max``."""
+
+    min: float | None = None
+    max: float | None = None
+    open_min: bool = False
+    open_max: bool = False
+
+    def check(self, value: float, path: str) -> None:
+        low_ok = self.min is None or (value > self.min if self.open_min else value >= self.min)
+        high_ok = self.max is None or (value < self.max if self.open_max else value <= self.max)
+        if not (low_ok and high_ok):
+            raise ConfigError(f"'{path}' must be {self.describe()}, got {value!r}")
+
+    def describe(self) -> str:
+        parts = []
+        if self.min is not None:
+            parts.append(f"{'>' if self.open_min else '>='} {self.min:g}")
+        if self.max is not None:
+            parts.append(f"{'<' if self.open_max else '<='} {self.max:g}")
+        return " and ".join(parts)
+
+
+PositiveInt = Annotated[int, Range(min=1)]
+NonNegativeInt = Annotated[int, Range(min=0)]
+NonNegativeFloat = Annotated[float, Range(min=0)]
+PositiveFloat = Annotated[float, Range(min=0, open_min=True)]
+UnitFraction = Annotated[float, Range(min=0, max=1, open_min=True)]  # (0, 1]
 
 
 @dataclass
 class GRPOConfig:
     """Sampling and step math. ``num_prompts_per_step * num_generations_per_prompt`` samples per step."""
 
-    num_prompts_per_step: int = 32
-    num_generations_per_prompt: int = 8
-    max_num_steps: int = 1_000_000
-    max_num_epochs: int = 1
-    max_rollout_turns: int = 6
+    num_prompts_per_step: PositiveInt = 32
+    num_generations_per_prompt: PositiveInt = 8
+    max_num_steps: PositiveInt = 1_000_000
+    max_num_epochs: PositiveInt = 1
+    max_rollout_turns: PositiveInt = 6
     normalize_rewards: bool = True
     use_leave_one_out_baseline: bool = True
     use_dynamic_sampling: bool = False
-    dynamic_sampling_max_gen_batches: int = 10
-    val_period: int = 10
+    dynamic_sampling_max_gen_batches: PositiveInt = 10
+    val_period: NonNegativeInt = 10  # 0: no validation during training
     val_at_start: bool = True
-    max_val_samples: int | None = None
+    max_val_samples: PositiveInt | None = None
     seed: int = 42
 
 
@@ -51,27 +91,27 @@ class GRPOConfig:
 class LossConfig:
     """Clipped policy-gradient loss (NeMo-RL ClippedPGLoss names)."""
 
-    ratio_clip_min: float = 0.2
-    ratio_clip_max: float = 0.2
-    ratio_clip_c: float | None = None
-    reference_policy_kl_penalty: float = 0.0
-    reference_policy_kl_type: str = "k3"
+    ratio_clip_min: NonNegativeFloat = 0.2
+    ratio_clip_max: NonNegativeFloat = 0.2
+    ratio_clip_c: Annotated[float, Range(min=1, open_min=True)] | None = None  # dual clip, > 1
+    reference_policy_kl_penalty: NonNegativeFloat = 0.0
+    reference_policy_kl_type: Literal["k1", "k2", "k3"] = "k3"
     token_level_loss: bool = True
 
 
 @dataclass
 class OptimizerConfig:
-    lr: float = 1.0e-6
-    min_lr: float = 1.0e-7
-    weight_decay: float = 0.01
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1.0e-8
-    clip_grad: float = 1.0
-    lr_warmup_steps: int = 0
-    lr_decay_style: str = "constant"  # constant | cosine | linear
-    lr_decay_steps: int | None = None  # policy helper: steps from lr to min_lr (None: the run's max steps)
-    lr_warmup_init: float = 0.0  # policy helper: lr at step 0 of a warmup (megatron's lr_warmup_init)
+    lr: NonNegativeFloat = 1.0e-6
+    min_lr: NonNegativeFloat = 1.0e-7
+    weight_decay: NonNegativeFloat = 0.01
+    adam_beta1: Annotated[float, Range(min=0, max=1, open_max=True)] = 0.9
+    adam_beta2: Annotated[float, Range(min=0, max=1, open_max=True)] = 0.999
+    adam_eps: PositiveFloat = 1.0e-8
+    clip_grad: NonNegativeFloat = 1.0  # 0: no clipping
+    lr_warmup_steps: NonNegativeInt = 0
+    lr_decay_style: Literal["constant", "cosine", "linear"] = "constant"
+    lr_decay_steps: PositiveInt | None = None  # steps from lr to min_lr (None: the run's max steps)
+    lr_warmup_init: NonNegativeFloat = 0.0  # lr at step 0 of a warmup (megatron's lr_warmup_init)
     use_distributed_optimizer: bool = True
     offload_during_generation: bool = False
 
@@ -82,16 +122,18 @@ class PolicyConfig:
 
     model_name: str = "Qwen/Qwen3-4B-Instruct-2507"
     tokenizer_name: str | None = None  # defaults to model_name
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
+    tensor_model_parallel_size: PositiveInt = 1
+    pipeline_model_parallel_size: PositiveInt = 1
     sequence_parallel: bool = False
-    precision: str = "bfloat16"  # bfloat16 | float32
-    train_global_batch_size: int = 256
-    train_micro_batch_size: int = 1
-    logprob_batch_size: int = 1
-    max_total_sequence_length: int = 32768
-    transformer_impl: str = "local"  # local (torch SDPA core attention) | transformer_engine
+    precision: Literal["bfloat16", "float32"] = "bfloat16"
+    train_global_batch_size: PositiveInt = 256
+    train_micro_batch_size: PositiveInt = 1
+    logprob_batch_size: PositiveInt = 1
+    max_total_sequence_length: PositiveInt = 32768
+    transformer_impl: Literal["local", "transformer_engine"] = "local"  # local: torch SDPA core attention
     activation_checkpointing: bool = False
+    # one row [prefix | rest_1 .. rest_G] per group in logprobs/train_step (shared_prefix.py)
+    shared_prefix: bool = False
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
 
@@ -99,15 +141,17 @@ class PolicyConfig:
 class GenerationConfig:
     """Rollout generation. backend=auto picks vllm, else megatron on GPU, hf on CPU."""
 
-    backend: str = "auto"  # auto | vllm | megatron | hf
-    temperature: float = 1.0
-    val_temperature: float | None = None  # validation sampling; None: same as temperature, 0: greedy
-    top_p: float = 1.0
-    top_k: int | None = None
-    max_new_tokens: int = 4096
-    max_model_len: int = 32768
-    gpu_memory_utilization: float = 0.6
-    refit_bucket_mb: int = 512
+    backend: Literal["auto", "vllm", "megatron", "hf"] = "auto"
+    # training samples from softmax(logits / temperature) and the policy's old/new logprobs use the
+    # same temperature (> 0); top_p < 1 or top_k > 0 is refused for training (evaluation only)
+    temperature: NonNegativeFloat = 1.0
+    val_temperature: NonNegativeFloat | None = None  # validation sampling; None: same as temperature, 0: greedy
+    top_p: UnitFraction = 1.0
+    top_k: NonNegativeInt | None = None  # None or 0: disabled
+    max_new_tokens: PositiveInt = 4096
+    max_model_len: PositiveInt = 32768
+    gpu_memory_utilization: UnitFraction = 0.6
+    refit_bucket_mb: PositiveInt = 512
     enable_prefix_caching: bool = True
 
 
@@ -116,8 +160,11 @@ class EnvConfig:
     """The Workplace Assistant environment and its Ray actor pool."""
 
     data_dir: str | None = None  # sandbox csv_data; None -> WORKPLACE_DATA_DIR or the download cache
-    num_actors: int = 4
-    tool_subset: str = "all"  # all | domain (the task's domains + company_directory, WorkBench style)
+    num_actors: NonNegativeInt = 4  # 0: run episodes in the trainer's process (no Ray)
+    tool_subset: Literal["all", "domain"] = "all"  # domain: the task's domains + company_directory (WorkBench)
+    # a <tool_call> block that is not valid JSON: plain_text (the reference: the turn is text, no
+    # call, the episode ends) | error_output (run it as a failing call, the model gets another step)
+    on_malformed_tool_call: Literal["plain_text", "error_output"] = "plain_text"
 
 
 @dataclass
@@ -133,8 +180,8 @@ class CheckpointingConfig:
     checkpoint_dir: str = "results/grpo_workplace_assistant/checkpoints"
     metric_name: str = "val:accuracy"
     higher_is_better: bool = True
-    keep_top_k: int | None = 3
-    save_period: int = 10
+    keep_top_k: PositiveInt | None = 3
+    save_period: PositiveInt = 10
     resume: str = "auto"  # auto | none | <path to a step_N folder>
     export_hf_at_end: bool = False
 
@@ -144,7 +191,7 @@ class WandbConfig:
     enabled: bool = False
     project: str = "megatron-grpo"
     name: str | None = None
-    mode: str | None = None  # online | offline | None: online when WANDB_API_KEY is set
+    mode: Literal["online", "offline", "disabled"] | None = None  # None: online when WANDB_API_KEY is set
 
 
 @dataclass
@@ -162,8 +209,8 @@ class LoggerConfig:
 
 @dataclass
 class ClusterConfig:
-    num_nodes: int = 1
-    gpus_per_node: int = 8
+    num_nodes: PositiveInt = 1
+    gpus_per_node: NonNegativeInt = 8  # 0: CPU ranks
     ray_address: str | None = None  # None -> RAY_ADDRESS, else a local Ray
 
 
@@ -184,7 +231,7 @@ class Config:
 
 
 def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
@@ -195,8 +242,23 @@ def _unknown_key(key: str, where: str, valid: list[str]) -> ConfigError:
 
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (int, float, str, bool, X | None, dataclass)."""
+    """Check ``value`` against the annotation ``tp`` (int, float, str, bool, Literal, Annotated with a
+    Range, X | None, list, dataclass) and return it converted (ints to float for float fields)."""
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *extras = typing.get_args(tp)
+        value = _coerce(value, base, path)
+        for extra in extras:
+            if isinstance(extra, Range):
+                extra.check(value, path)
+        return value
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices and type(value) is type(choices[choices.index(value)]):
+            return value
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"'{path}' must be one of {', '.join(map(str, choices))}, got {value!r}{hint}")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:

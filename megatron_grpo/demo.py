@@ -196,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from environment.workplace.data_dir import cache_dir
     from environment.workplace.sandbox_fetch import fetch_sandbox
-    from megatron_grpo.config import ConfigError, load_config, to_dict
+    from megatron_grpo.config import load_config, to_dict
     from megatron_grpo.data.samples import write_jsonl
-    from megatron_grpo.trainer import _free_port, train
+    from megatron_grpo.distributed import free_port
+    from megatron_grpo.trainer import train
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     for stale in ("checkpoints", "hf_export"):
         shutil.rmtree(out / stale, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
 
     data_dir = os.environ.get("WORKPLACE_DATA_DIR") or str(fetch_sandbox())
     os.environ["WORKPLACE_DATA_DIR"] = data_dir  # Ray actors inherit it
@@ -228,11 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpointing.export_hf_at_end=true",
         *args.overrides,
     ]
-    try:
-        cfg = load_config(CONFIG, overrides)
-    except ConfigError as exc:
-        print(f"megatron-grpo demo: {exc}")
-        return 2
+    cfg = load_config(CONFIG, overrides)  # a ConfigError is printed as one line by cli.py
     settings = {"policy": {k: v for k, v in to_dict(cfg.policy).items() if k not in ("model_name", "tokenizer_name")},
                 "tool_subset": cfg.env.tool_subset, "max_rollout_turns": cfg.grpo.max_rollout_turns}
     spec = WarmStart(seed=args.seed, tasks=args.tasks, val_tasks=args.val_tasks, templates=templates,

@@ -228,7 +228,7 @@ def init_distributed(
         cpu_compat.apply()
     backend = "nccl" if use_cuda else "gloo"
     if not dist.is_initialized():
-        port = launch.master_port or _free_port()
+        port = launch.master_port or free_port()
         dist.init_process_group(
             backend=backend,
             init_method=f"tcp://{_url_host(launch.master_addr)}:{port}",
@@ -259,7 +259,8 @@ def init_distributed(
     return _layout
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port that is free on this host now (for a rendezvous on 127.0.0.1)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from megatron_grpo.config import ConfigError, load_config
+    from megatron_grpo.config import load_config
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"megatron-grpo evaluate: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)  # a ConfigError is printed as one line by cli.py
     step, metrics, rank = evaluate(cfg, args.checkpoint, rollouts_path=args.rollouts)
     if rank == 0:
         print(json.dumps({"step": step, **metrics}, indent=2))
@@ -55,17 +50,14 @@ def evaluate(cfg: Any, checkpoint: str | None = None, *,
     ``data.validation_path``; write every episode to ``rollouts_path`` when given. Returns (the
     checkpoint's step or 0, the val: metrics, this process's rank). Collective: every rank calls it."""
     from megatron_grpo.rollout.traces import RolloutTraces
-    from megatron_grpo.trainer import ensure_master_port, resume, setup, shutdown, validate
+    from megatron_grpo.trainer import ensure_master_port, resume, started, validate
 
     resume_from = {None: "none", "latest": "auto"}.get(checkpoint, checkpoint)
     cfg = replace(cfg, checkpointing=replace(cfg.checkpointing, enabled=resume_from != "none", resume=resume_from))
     ensure_master_port()
-    run = setup(cfg)
-    try:
+    with started(cfg) as run:
         if rollouts_path is not None:
             run.traces = RolloutTraces(None, run.renderer, path=rollouts_path, enabled=run.layout.rank == 0)
         step = resume(run)
         metrics = validate(run, step)
-    finally:
-        shutdown(run)
     return step, metrics, run.layout.rank

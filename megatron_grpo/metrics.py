@@ -157,8 +157,6 @@ class WandbSink:
                 "pip install wandb, or set logger.wandb.enabled=false"
             ) from exc
         mode = cfg.mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-        if mode not in ("online", "offline", "disabled"):
-            raise ValueError(f"logger.wandb.mode must be online, offline or null, got {cfg.mode!r}")
         run_dir.mkdir(parents=True, exist_ok=True)
         self.mode = mode
         self._run = wandb.init(project=cfg.project, name=cfg.name, dir=str(run_dir), mode=mode, config=config)

@@ -30,10 +30,6 @@ def build_optimizer(cfg: PolicyConfig, ddp: torch.nn.Module, params_dtype: torch
         raise OptimizerConfigError(
             f"policy.optimizer.lr_warmup_init={o.lr_warmup_init} must be in [0, policy.optimizer.lr={o.lr}]"
         )
-    if o.lr_decay_style not in ("constant", "linear", "cosine"):
-        raise OptimizerConfigError(
-            f"policy.optimizer.lr_decay_style must be constant, linear or cosine, got {o.lr_decay_style!r}"
-        )
     decay_steps = o.lr_decay_steps or train_iters
     if o.lr_decay_style != "constant" and not decay_steps:
         raise OptimizerConfigError(

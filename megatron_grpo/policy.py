@@ -40,17 +40,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from megatron_grpo import cpu_compat
+from megatron_grpo import cpu_compat, shared_prefix
 from megatron_grpo import optimizer as optim
 from megatron_grpo.config import PolicyConfig
 from megatron_grpo.distributed import reduce_loss_metrics
+from megatron_grpo.grpo import LossFn
 
 if TYPE_CHECKING:
     from megatron_grpo.distributed import ParallelLayout
 
 log = logging.getLogger(__name__)
 
-LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 
 
 class PolicyInputError(ValueError):
@@ -128,8 +128,6 @@ class MegatronPolicy:
         on_gpu = cpu_compat.cuda_enabled()  # MEGATRON_GRPO_DEVICE=cpu forces the CPU path
         self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else None
         self.bf16 = on_gpu and cfg.precision == "bfloat16"
-        if cfg.precision not in ("bfloat16", "float32"):
-            raise PolicyInputError(f"policy.precision must be 'bfloat16' or 'float32', got {cfg.precision!r}")
         params_dtype = torch.bfloat16 if self.bf16 else torch.float32
         if cfg.precision == "bfloat16" and not self.bf16:
             log.info("policy.precision=bfloat16 without CUDA: training in float32 on CPU")
@@ -147,6 +145,12 @@ class MegatronPolicy:
         model = build_qwen3_model(self.hf_config, self.config, impl=cfg.transformer_impl)
         load_hf_checkpoint(model, self.hf_dir)
         self.model = model  # the bare GPTModel of this PP stage
+        self.shared_prefix = cfg.shared_prefix and cfg.transformer_impl == "local"
+        if cfg.shared_prefix and not self.shared_prefix:
+            log.info("policy.shared_prefix: the %s spec has no shared-prefix attention; using the unshared "
+                     "layout (one row per sample)", cfg.transformer_impl)
+        if self.shared_prefix:
+            shared_prefix.install_rope_positions(model)
         if self.bf16:
             from megatron.core.transformer.module import Float16Module
 
@@ -162,6 +166,7 @@ class MegatronPolicy:
         self.config.finalize_model_grads_func = _finalize_grads_summed
         self.optimizer, self.scheduler = optim.build_optimizer(cfg, self.ddp, params_dtype, train_iters)
         self._optimizer_offloaded = False
+        self.tokens_processed = 0  # tokens (padding included) this rank fed the model in the last call
 
     # ------------------------------------------------------------------ checks
 
@@ -242,9 +247,54 @@ class MegatronPolicy:
                         v = torch.cat([v, pad], dim=1)
                 mb[key] = v.to(self.device) if self.device is not None else v
             out.append(mb)
+        self.tokens_processed = sum(mb["input_ids"].numel() for mb in out)
         return out, (fixed or 0)
 
-    def _forward(self, model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    def _packed_micro_batches(
+        self, batch: dict[str, torch.Tensor], group_size: int, rows_per_micro_batch: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Shared-prefix micro-batches of this DP rank: one packed row each (whole groups, split when
+        prefix + rests exceed ``rows_per_micro_batch`` x max_total_sequence_length tokens). Each
+        holds the pack (``_pack``) and the per-row tensors of its rows, per-token ones trimmed to
+        the pack's width. Returns them and the common packed length when PP needs one (else 0)."""
+        from megatron.core import parallel_state
+
+        ids, lengths = batch["input_ids"], batch["lengths"]
+        budget = rows_per_micro_batch * self.cfg.max_total_sequence_length
+        packs = shared_prefix.plan(ids, lengths, group_size, budget)
+        per_rank = shared_prefix.split_for_ranks(packs, lengths, parallel_state.get_data_parallel_world_size())
+        mult = self._seq_multiple()
+        round_up = lambda n: -(-n // mult) * mult
+        fixed = 0
+        if self.cfg.pipeline_model_parallel_size > 1:
+            fixed = round_up(max(shared_prefix.pack_tokens(ids, lengths, rows) for rows in packs))
+        s_full = ids.shape[1]
+        out = []
+        for rows in per_rank[parallel_state.get_data_parallel_rank()]:
+            pack = shared_prefix.build_pack(ids, lengths, rows, fixed or round_up(
+                shared_prefix.pack_tokens(ids, lengths, rows)))
+            mb: dict[str, Any] = {}
+            for key, value in batch.items():
+                v = value[rows]
+                if v.dim() >= 2 and v.shape[1] == s_full:
+                    v = v[:, : pack.width]
+                mb[key] = v.to(self.device) if self.device is not None else v
+            mb["_pack"] = pack
+            out.append(mb)
+        self.tokens_processed = sum(mb["_pack"].ids.numel() for mb in out)
+        return out, fixed
+
+    def _token_logprobs(self, logits: torch.Tensor, mb: dict[str, Any]) -> torch.Tensor:
+        """Masked per-token logprobs [b, s_mb] of a micro-batch (unpacked from a shared-prefix row)."""
+        if "_pack" in mb:
+            return shared_prefix.token_logprobs(logits, mb["_pack"], self.temperature)
+        logp = token_logprobs(logits, mb["input_ids"], self.temperature, overwrite_logits=True)
+        return logp * _length_mask(mb["lengths"], logp.shape[1])
+
+    def _forward(self, model: torch.nn.Module, mb: dict[str, Any]) -> torch.Tensor:
+        if "_pack" in mb:
+            return shared_prefix.packed_forward(model, mb["_pack"], self.device)
+        input_ids = mb["input_ids"]
         b, s = input_ids.shape
         position_ids = torch.arange(s, device=input_ids.device)[None, :].expand(b, s)
         # right padding + causal attention: padded positions never influence valid ones
@@ -253,18 +303,21 @@ class MegatronPolicy:
     # ------------------------------------------------------------------ logprobs
 
     @torch.no_grad()
-    def logprobs(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def logprobs(self, input_ids: torch.Tensor, lengths: torch.Tensor, group_size: int = 1) -> torch.Tensor:
         """Per-token logprobs of right-padded sequences.
 
         input_ids: [B, S] int64, lengths: [B] -> [B, S] float32 (CPU) where out[b, t] =
         log p(input_ids[b, t] | input_ids[b, :t]) for 1 <= t < lengths[b] and 0 elsewhere.
         Runs in micro-batches of ``policy.logprob_batch_size`` through megatron's schedule (so PP
-        works), rows split over DP; every rank returns the same tensor.
+        works), rows split over DP; every rank returns the same tensor. With
+        ``policy.shared_prefix``, each run of ``group_size`` consecutive rows is one packed row.
         """
         from megatron.core import parallel_state
 
         self._check_sequences(input_ids, lengths, "logprobs")
         input_ids, lengths = input_ids.cpu(), lengths.cpu()  # micro-batches go to the device one by one
+        if self.shared_prefix:
+            return self._shared_logprobs(input_ids, lengths, group_size)
         b, s = input_ids.shape
         dp = parallel_state.get_data_parallel_world_size()
         dp_rank = parallel_state.get_data_parallel_rank()
@@ -278,11 +331,10 @@ class MegatronPolicy:
 
         def forward_step(data_iterator: Iterator, model: torch.nn.Module):
             mb = next(data_iterator)
-            output = self._forward(model, mb["input_ids"])
+            output = self._forward(model, mb)
 
             def loss_func(logits: torch.Tensor):
-                logp = token_logprobs(logits, mb["input_ids"], self.temperature, overwrite_logits=True)
-                logp = logp * _length_mask(mb["lengths"], logp.shape[1])
+                logp = self._token_logprobs(logits, mb)
                 return logp.sum() * 0.0, torch.ones((), dtype=torch.int), {"logprobs": logp}
 
             return output, loss_func
@@ -308,9 +360,43 @@ class MegatronPolicy:
             )
         return local[:b].cpu()
 
+    def _shared_logprobs(self, input_ids: torch.Tensor, lengths: torch.Tensor, group_size: int) -> torch.Tensor:
+        """``logprobs`` with one packed row per group (see shared_prefix.py)."""
+        from megatron.core import parallel_state
+
+        b, s = input_ids.shape
+        batch = {"input_ids": input_ids, "lengths": lengths}
+        micro, fixed = self._packed_micro_batches(batch, group_size, max(1, self.cfg.logprob_batch_size))
+
+        def forward_step(data_iterator: Iterator, model: torch.nn.Module):
+            mb = next(data_iterator)
+            output = self._forward(model, mb)
+
+            def loss_func(logits: torch.Tensor):
+                logp = self._token_logprobs(logits, mb)
+                return logp.sum() * 0.0, torch.ones((), dtype=torch.int), {"logprobs": logp}
+
+            return output, loss_func
+
+        results = self._run_schedule(forward_step, micro, fixed, 1, forward_only=True)
+        out = torch.zeros((b, s), dtype=torch.float32, device=self.device)
+        if parallel_state.is_pipeline_last_stage():
+            for mb, r in zip(micro, results, strict=True):
+                lp = r["logprobs"]
+                out[mb["_pack"].rows, : lp.shape[1]] = lp
+        if parallel_state.get_data_parallel_world_size() > 1:  # each row is filled on one DP rank
+            dist.all_reduce(out, group=parallel_state.get_data_parallel_group())
+        if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+            dist.broadcast(
+                out,
+                src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                group=parallel_state.get_pipeline_model_parallel_group(),
+            )
+        return out.cpu()
+
     # ------------------------------------------------------------------ training
 
-    def train_step(self, batch: dict[str, torch.Tensor], loss_fn: LossFn) -> dict[str, float]:
+    def train_step(self, batch: dict[str, torch.Tensor], loss_fn: LossFn, group_size: int = 1) -> dict[str, float]:
         """One optimizer step on the global batch.
 
         batch: ``input_ids`` [B, S] int64 (right-padded), ``lengths`` [B], plus any per-sample [B] or
@@ -319,6 +405,8 @@ class MegatronPolicy:
         ``loss_fn(logprobs [b, s_mb], micro_batch) -> (loss, metrics)``: the micro-batch's contribution
         to the global loss (see the module docstring). Returns ``loss`` (summed), ``grad_norm`` (before
         clipping), ``lr`` (used by this step), and the loss_fn metrics summed over micro-batches and DP.
+        With ``policy.shared_prefix``, each run of ``group_size`` consecutive rows is one packed row
+        (micro-batches are whole groups; B need only be >= the DP size).
         """
         from megatron.core import parallel_state
 
@@ -338,25 +426,30 @@ class MegatronPolicy:
                 )
         dp = parallel_state.get_data_parallel_world_size()
         mbs = self.cfg.train_micro_batch_size
-        if b % (dp * mbs):
+        if self.shared_prefix and b < dp:
+            raise PolicyInputError(f"train_step: batch size {b} is smaller than the data-parallel size {dp}")
+        if not self.shared_prefix and b % (dp * mbs):
             raise PolicyInputError(
                 f"train_step: batch size {b} is not divisible by data-parallel size {dp} x "
                 f"policy.train_micro_batch_size {mbs}; make the samples per step (num_prompts_per_step x "
                 f"num_generations_per_prompt) a multiple of {dp * mbs} or change "
                 f"policy.train_micro_batch_size"
             )
-        per_rank = b // dp
-        lo = parallel_state.get_data_parallel_rank() * per_rank
-        micro, fixed = self._micro_batches(batch, lengths, lo, lo + per_rank, mbs)
+        if self.shared_prefix:
+            micro, fixed = self._packed_micro_batches(batch, group_size, mbs)
+            mbs = 1  # one packed row per micro-batch
+        else:
+            per_rank = b // dp
+            lo = parallel_state.get_data_parallel_rank() * per_rank
+            micro, fixed = self._micro_batches(batch, lengths, lo, lo + per_rank, mbs)
 
         def forward_step(data_iterator: Iterator, model: torch.nn.Module):
             mb = next(data_iterator)
-            output = self._forward(model, mb["input_ids"])
+            output = self._forward(model, mb)
 
             def loss_func(logits: torch.Tensor):
-                logp = token_logprobs(logits, mb["input_ids"], self.temperature, overwrite_logits=True)
-                logp = logp * _length_mask(mb["lengths"], logp.shape[1])
-                loss, metrics = loss_fn(logp, mb)
+                logp = self._token_logprobs(logits, mb)
+                loss, metrics = loss_fn(logp, {k: v for k, v in mb.items() if k != "_pack"})
                 if not torch.is_tensor(loss) or loss.dim() != 0:
                     raise PolicyInputError("train_step: loss_fn must return a scalar tensor as its loss")
                 reduced = {"loss": float(loss.detach())}

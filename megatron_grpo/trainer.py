@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
-import socket
-import sys
 import time
-from collections.abc import Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,19 +82,33 @@ class Run:
     traces: Any = None  # rollout/traces.RolloutTraces: where episodes are written for people to read
 
 
-def setup(cfg: Config) -> Run:
-    """Initialize distributed state and build policy, engine, environment pool and data."""
+@contextmanager
+def started(cfg: Config) -> Iterator[Run]:
+    """``setup(cfg)`` whose process group, engine and environment pool (with a Ray it started) are
+    released on every exit path: normal end, an exception in any step, preemption's SystemExit."""
+    with ExitStack() as teardown:
+        yield setup(cfg, teardown)
+
+
+def setup(cfg: Config, teardown: ExitStack | None = None) -> Run:
+    """Initialize distributed state and build policy, engine, environment pool and data.
+
+    Everything started here registers its release on ``teardown`` (last started, first released);
+    use ``started(cfg)`` rather than calling this directly.
+    """
+    teardown = teardown if teardown is not None else ExitStack()
     from megatron_grpo.components import (
         SPMD_BACKENDS,
         build_engine,
         build_env_pool,
         load_tokenizer,
+        release_engine,
         resolve_backend,
         resolve_model_dir,
     )
     from megatron_grpo.data.sampler import PromptSampler
     from megatron_grpo.data.samples import load_samples
-    from megatron_grpo.distributed import init_distributed
+    from megatron_grpo.distributed import destroy_distributed, init_distributed
     from megatron_grpo.policy import MegatronPolicy
     from megatron_grpo.rollout.chat import ChatRenderer
     from megatron_grpo.rollout.spmd import generates_here
@@ -103,8 +116,10 @@ def setup(cfg: Config) -> Run:
 
     p = cfg.policy
     # cheap checks first: bad data or batch math fail before any process group or model exists
-    train_samples = [restrict_tools(s, cfg.env.tool_subset) for s in load_samples(cfg.data.train_path)]
-    val_samples = [restrict_tools(s, cfg.env.tool_subset) for s in load_samples(cfg.data.validation_path)]
+    train_rows = load_samples(cfg.data.train_path, "data.train_path")
+    val_rows = load_samples(cfg.data.validation_path, "data.validation_path")
+    train_samples = [restrict_tools(s, cfg.env.tool_subset) for s in train_rows]
+    val_samples = [restrict_tools(s, cfg.env.tool_subset) for s in val_rows]
     if cfg.grpo.max_val_samples is not None:
         val_samples = val_samples[: cfg.grpo.max_val_samples]
     samples_per_step = cfg.grpo.num_prompts_per_step * cfg.grpo.num_generations_per_prompt
@@ -121,19 +136,37 @@ def setup(cfg: Config) -> Run:
     tokenizer = load_tokenizer(cfg)
     layout = init_distributed(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
                               p.sequence_parallel, seed=cfg.grpo.seed)
+    teardown.callback(destroy_distributed)
     torch.manual_seed(cfg.grpo.seed + layout.rank)
-    policy = MegatronPolicy(p, layout, model_dir, train_iters=total_steps)
+    # old and new logprobs under the rollouts' sampling distribution, softmax(logits / T) (generation/base.py)
+    policy = MegatronPolicy(p, layout, model_dir, temperature=cfg.generation.temperature, train_iters=total_steps)
     backend = resolve_backend(cfg.generation)
     spmd_engine = backend in SPMD_BACKENDS
     engine = env = None
     if generates_here(layout, spmd_engine):
         engine = build_engine(backend, cfg.generation, policy, model_dir, tokenizer.pad_token_id or 0)
-        env = build_env_pool(cfg.env, cfg.cluster.ray_address)
+        teardown.callback(release_engine, engine)
+        env = build_env_pool(cfg.env, cfg.cluster.ray_address, teardown)
     sampler = PromptSampler(train_samples, cfg.grpo.num_prompts_per_step, seed=cfg.grpo.seed,
                             shuffle=cfg.data.shuffle)
     return Run(cfg, layout, policy, engine, env, ChatRenderer(tokenizer), tokenizer, spmd_engine,
                backend == "megatron", train_samples, val_samples, sampler, total_steps, model_dir,
                Path(cfg.checkpointing.checkpoint_dir).parent)
+
+
+def check_training_sampling(cfg: Config) -> None:
+    """Training samples must come from a distribution the policy can score: softmax(logits / T) with
+    T = generation.temperature > 0 and no top-k/top-p cut (generation/base.py, logprob convention)."""
+    g = cfg.generation
+    if g.temperature <= 0:
+        raise ConfigError(f"generation.temperature={g.temperature}: GRPO training samples need a temperature "
+                          f"> 0 (greedy rollouts give identical samples per group); use "
+                          f"generation.val_temperature=0 for greedy validation only")
+    if g.top_p < 1.0 or (g.top_k is not None and g.top_k > 0):
+        raise ConfigError(f"generation.top_p={g.top_p}, generation.top_k={g.top_k}: training cannot use a "
+                          f"top-p/top-k cut (the policy's logprobs would not match the distribution that "
+                          f"sampled the rollouts); set generation.top_p=1.0 and generation.top_k=null, and "
+                          f"lower generation.temperature for sharper samples")
 
 
 def sampling_params(cfg: Config, *, temperature: float | None = None, seed: int | None = None):
@@ -160,7 +193,8 @@ def rollout(run: Run, samples: Sequence[dict], *, temperature: float | None = No
     def run_here(mine: Sequence[dict]):
         return run_episodes(run.engine, run.env, run.renderer, mine, params,
                             max_steps=run.cfg.grpo.max_rollout_turns,
-                            context_limit=run.cfg.policy.max_total_sequence_length)
+                            context_limit=run.cfg.policy.max_total_sequence_length,
+                            on_malformed_tool_call=run.cfg.env.on_malformed_tool_call)
 
     if run.engine is not None:
         run.engine.wake()
@@ -218,6 +252,7 @@ def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_f
                                          leave_one_out=g.use_leave_one_out_baseline,
                                          normalize=g.normalize_rewards)
     gbs = run.cfg.policy.train_global_batch_size
+    group = math.gcd(g.num_generations_per_prompt, gbs)  # rows of one prompt within one chunk
     n = ro.rewards.numel()
     results: list[dict[str, float]] = []
     for lo in range(0, n, gbs):
@@ -230,7 +265,7 @@ def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_f
             "advantages": advantages[sl],
             "loss_weights": grpo.loss_token_weights(mask, token_level=run.cfg.loss_fn.token_level_loss),
         }
-        results.append(run.policy.train_step(batch, loss_fn))
+        results.append(run.policy.train_step(batch, loss_fn, group_size=group))
     out = {key: sum(r[key] for r in results) / len(results) for key in results[0]}
     out["advantage_mean"] = float(advantages.mean())
     return out
@@ -335,53 +370,60 @@ def resume(run: Run) -> int:
 
 
 def train(cfg: Config) -> dict[str, float]:
-    """Run GRPO to ``total_steps`` (or until preempted); return the last step's metrics."""
+    """Run GRPO to ``total_steps`` (or until preempted); return the last step's metrics.
+
+    Whatever ends the run (the last step, an exception, preemption), the process group, the engine
+    and the environment pool are released (``started``)."""
     from megatron_grpo.metrics import MetricsLogger
     from megatron_grpo.preemption import PreemptionFlag
     from megatron_grpo.refit import logprob_mismatch
 
-    run = setup(cfg)
-    run.traces = _traces(run)
+    check_training_sampling(cfg)
     loss_fn = grpo.make_loss_fn(cfg.loss_fn)
-    start = resume(run)
     ckpt = cfg.checkpointing
-    preempt = PreemptionFlag().install()
     last: dict[str, float] = {}
-    logger = MetricsLogger(cfg.logger, cfg.logger.log_dir, total_steps=run.total_steps, config=to_dict(cfg))
-    with logger:
-        if start == 0 and cfg.grpo.val_at_start:
-            logger.log(0, validate(run, 0))
-        for step in range(start + 1, run.total_steps + 1):
-            timer = PhaseTimer()
-            with timer("generation"):
-                ro = collect_rollouts(run, step)
-                run.traces.train(step, ro.episodes, ro.samples, cfg.grpo.num_generations_per_prompt)
-            with timer("logprobs"):
-                old_logprobs = run.policy.logprobs(ro.batch["input_ids"], ro.batch["lengths"])
-            mismatch = logprob_mismatch(ro.batch["gen_logprobs"], old_logprobs, ro.batch["loss_mask"])
-            with timer("train"):
-                train_out = train_on_rollouts(run, ro, old_logprobs, loss_fn)
-            with timer("refit"):
-                refit(run)
-            last = step_metrics(run, ro, train_out, timer, mismatch)
-            is_last = step == run.total_steps
-            if cfg.grpo.val_period > 0 and (step % cfg.grpo.val_period == 0 or is_last):
-                with timer("validation"):
-                    last.update(validate(run, step))
-            stop = preempt.should_stop_all()  # collective: every rank agrees
-            if ckpt.enabled and (step % ckpt.save_period == 0 or is_last or stop):
-                with timer("checkpoint"):
-                    save(run, step, last)
-            last.update({f"timing/{k}": v for k, v in timer.seconds.items()})
-            logger.log(step, last)
-            if stop:
-                log.warning("preempted (%s): checkpoint saved at step %d; exiting for requeue", preempt.reason, step)
-                logger.close()
-                shutdown(run)
-                preempt.exit_for_requeue(step)
-    if ckpt.export_hf_at_end:
-        export_hf(run)
-    shutdown(run)
+    stopped_at: int | None = None  # the step a preemption signal ended the run at
+    with started(cfg) as run:
+        run.traces = _traces(run)
+        start = resume(run)
+        preempt = PreemptionFlag().install()
+        logger = MetricsLogger(cfg.logger, cfg.logger.log_dir, total_steps=run.total_steps, config=to_dict(cfg))
+        with logger:
+            if start == 0 and cfg.grpo.val_at_start:
+                logger.log(0, validate(run, 0))
+            for step in range(start + 1, run.total_steps + 1):
+                timer = PhaseTimer()
+                with timer("generation"):
+                    ro = collect_rollouts(run, step)
+                    run.traces.train(step, ro.episodes, ro.samples, cfg.grpo.num_generations_per_prompt)
+                with timer("logprobs"):
+                    old_logprobs = run.policy.logprobs(ro.batch["input_ids"], ro.batch["lengths"],
+                                                       group_size=cfg.grpo.num_generations_per_prompt)
+                mismatch = logprob_mismatch(ro.batch["gen_logprobs"], old_logprobs, ro.batch["loss_mask"])
+                with timer("train"):
+                    train_out = train_on_rollouts(run, ro, old_logprobs, loss_fn)
+                with timer("refit"):
+                    refit(run)
+                last = step_metrics(run, ro, train_out, timer, mismatch)
+                is_last = step == run.total_steps
+                if cfg.grpo.val_period > 0 and (step % cfg.grpo.val_period == 0 or is_last):
+                    with timer("validation"):
+                        last.update(validate(run, step))
+                stop = preempt.should_stop_all()  # collective: every rank agrees
+                if ckpt.enabled and (step % ckpt.save_period == 0 or is_last or stop):
+                    with timer("checkpoint"):
+                        save(run, step, last)
+                last.update({f"timing/{k}": v for k, v in timer.seconds.items()})
+                logger.log(step, last)
+                if stop:
+                    log.warning("preempted (%s): checkpoint saved at step %d; exiting for requeue",
+                                preempt.reason, step)
+                    stopped_at = step
+                    break
+        if ckpt.export_hf_at_end and stopped_at is None:
+            export_hf(run)
+    if stopped_at is not None:
+        preempt.exit_for_requeue(stopped_at)  # after the teardown above: nothing of this job keeps running
     return last
 
 
@@ -404,26 +446,16 @@ def export_hf(run: Run) -> Path:
     return out
 
 
-def shutdown(run: Run) -> None:
-    """Stop what the run started outside this process (the Ray environment pool)."""
-    if run.env is not None and hasattr(run.env, "shutdown"):
-        run.env.shutdown()
-
-
 # ----------------------------------------------------------------------------- CLI
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_master_port() -> None:
     """A lone process (no torchrun/srun variables) rendezvous on any free port."""
     launched = "RANK" in os.environ or "SLURM_PROCID" in os.environ
     if not launched and "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(_free_port())
+        from megatron_grpo.distributed import free_port
+
+        os.environ["MASTER_PORT"] = str(free_port())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -432,11 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.max_num_steps=5")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"megatron-grpo train: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)  # a ConfigError is printed as one line by cli.py
     ensure_master_port()
     train(cfg)
     return 0

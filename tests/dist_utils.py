@@ -26,7 +26,6 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
-import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -38,9 +37,9 @@ class DistributedTestError(AssertionError):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from megatron_grpo.distributed import free_port as free
+
+    return free()
 
 
 def _child(fn: Callable, rank: int, world_size: int, port: int, results, args, kwargs, cpu_only: bool) -> None:

@@ -143,9 +143,22 @@ def test_context_limit(renderer, env, samples):
     assert engine.calls == []
 
 
-def test_invalid_call_is_reported_and_episode_continues(renderer, env, samples):
+def test_malformed_call_ends_the_episode_as_plain_text_by_default(renderer, env, samples):
+    """The reference: a block that is not valid JSON makes the whole turn text (the valid call next to
+    it does not run either), simple_agent sees no function call and ends the episode."""
+    valid = call_text([{"name": "company_directory_find_email_address", "arguments": '{"name": "lena"}'}])
     broken = '<tool_call>\n{"name": "calendar_update_event", "arguments": {"event_id": "1"\n</tool_call>'
-    _, batch = run(renderer, env, [samples[1]], [[turn(renderer, broken), turn(renderer, "Sorry.")]])
+    _, batch = run(renderer, env, [samples[1]], [[turn(renderer, valid + "\n" + broken), turn(renderer, "Sorry.")]])
+    (ep,) = batch.episodes
+    assert ep.num_turns == 1 and ep.stop_reason == "malformed_tool_call"
+    assert ep.calls == [] and ep.tool_outputs == [] and ep.reward == 0.0
+    assert ep.token_ids[-1] == renderer.im_end_id  # nothing appended after the turn
+
+
+def test_invalid_call_is_reported_and_episode_continues_with_error_output(renderer, env, samples):
+    broken = '<tool_call>\n{"name": "calendar_update_event", "arguments": {"event_id": "1"\n</tool_call>'
+    _, batch = run(renderer, env, [samples[1]], [[turn(renderer, broken), turn(renderer, "Sorry.")]],
+                   on_malformed_tool_call="error_output")
     (ep,) = batch.episodes
     assert ep.num_turns == 2 and ep.stop_reason == "no_tool_calls"
     (output,) = ep.tool_outputs
@@ -154,6 +167,22 @@ def test_invalid_call_is_reported_and_episode_continues(renderer, env, samples):
         json.loads(block)
     assert output == json.dumps({"error": f"Invalid tool call arguments: {exc.value!r}"})
     assert ep.calls == [{"name": "calendar_update_event", "arguments": block}]
+    with pytest.raises(ValueError, match="env.on_malformed_tool_call must be one of plain_text, error_output"):
+        run(renderer, env, [samples[1]], [[turn(renderer, broken)]], on_malformed_tool_call="retry")
+
+
+def test_string_arguments_run_as_a_failing_call_in_both_modes(renderer, env, samples):
+    """``"arguments": "hello"`` is valid for the reference's parser (JSON-encoded): a call whose
+    execution fails (the body is not an object), after which the model gets another step."""
+    text = '<tool_call>\n{"name": "company_directory_find_email_address", "arguments": "hello"}\n</tool_call>'
+    for mode in ("plain_text", "error_output"):
+        _, batch = run(renderer, env, [samples[1]], [[turn(renderer, text), turn(renderer, "Done.")]],
+                       on_malformed_tool_call=mode)
+        (ep,) = batch.episodes
+        assert ep.num_turns == 2 and ep.stop_reason == "no_tool_calls", mode
+        assert ep.calls == [{"name": "company_directory_find_email_address", "arguments": '"hello"'}]
+        (output,) = ep.tool_outputs  # the reference server's answer to a body that is not an object
+        assert output == reference_outputs(ep.calls)[0] and '"input":"hello"' in output
 
 
 def test_hf_engine_episode_logprobs_align_with_a_rescore(renderer, env, samples):

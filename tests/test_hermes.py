@@ -18,7 +18,9 @@ JSON_VALUES = st.recursive(
     SCALARS, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
     max_leaves=8,
 )
-ARGS = st.dictionaries(st.text(min_size=1, max_size=10), JSON_VALUES, max_size=4)
+# a tag inside an argument string would end the block early (for the reference's regex too)
+ARGS = st.dictionaries(st.text(min_size=1, max_size=10), JSON_VALUES, max_size=4).filter(
+    lambda a: "tool_call>" not in json.dumps(a))
 FREE_TEXT = st.text(max_size=30).filter(lambda s: "<tool_call>" not in s and "</tool_call>" not in s)
 WHITESPACE = st.sampled_from(["", "\n", " ", "\n\n", "\t ", " \n "])
 
@@ -48,11 +50,33 @@ def test_several_calls_with_text_around():
 
 def test_arguments_as_string_kept_verbatim():
     turn = parse_tool_calls('<tool_call>{"name": "f", "arguments": "{\\"a\\": 2}"}</tool_call>')
-    assert turn.calls == [ToolCall("f", '{"a": 2}')]
+    assert turn.calls == [ToolCall("f", '{"a": 2}')] and not turn.malformed
 
 
-def test_missing_arguments_mean_empty_object():
-    assert parse_tool_calls('<tool_call>{"name": "f"}</tool_call>').calls == [ToolCall("f", "{}")]
+def test_non_json_string_arguments_are_json_encoded():
+    # vLLM's hermes parser: arguments=json.dumps(call["arguments"]) -> the JSON string "\"hello\""
+    turn = parse_tool_calls('<tool_call>{"name": "f", "arguments": "hello"}</tool_call>')
+    assert turn.calls == [ToolCall("f", '"hello"')] and not turn.malformed
+    obj, err = parse_arguments(turn.calls[0].arguments)  # executing it: valid JSON, but not an object
+    assert obj is None and err == repr(TypeError("arguments must be a JSON object, got str"))
+
+
+def test_missing_arguments_mean_empty_object_and_a_malformed_turn():
+    turn = parse_tool_calls('<tool_call>{"name": "f"}</tool_call>')
+    assert turn.calls == [ToolCall("f", "{}")] and turn.malformed  # vLLM: KeyError -> plain text
+
+
+def test_malformed_flags_what_the_reference_parser_rejects():
+    good = '<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>'
+    assert not parse_tool_calls(good + good).malformed
+    assert not parse_tool_calls('<tool_call>{"name": "f", "arguments": [1]}</tool_call>').malformed  # an error call
+    for bad in ('<tool_call>{"name": "f", "arguments": {"a": 1}</tool_call>',  # dropped brace
+                '<tool_call>{"name": "f", "arguments": {}}}</tool_call>',       # extra data
+                '<tool_call>["f"]</tool_call>', '<tool_call>{"name": 3, "arguments": {}}</tool_call>',
+                '<tool_call>{"name": "f", "arguments": {"a": 1'):              # cut mid-block
+        assert parse_tool_calls(bad).malformed, bad
+        assert parse_tool_calls(good + bad).malformed  # one bad block: the whole turn is text there
+    assert not parse_tool_calls("no calls at all").malformed
 
 
 def test_dropped_closing_brace_is_an_invalid_call_not_text():
@@ -102,6 +126,8 @@ def test_never_raises_on_arbitrary_text(text):
         assert isinstance(call.name, str) and isinstance(call.arguments, str)
         if call.error is None:
             parse_arguments(call.arguments)  # may be an error, must not raise
+    if any(c.error is not None and c.error.startswith(("JSONDecodeError", "ValueError")) for c in turn.calls):
+        assert turn.malformed
 
 
 @settings(max_examples=150, deadline=None)
@@ -111,7 +137,7 @@ def test_rendered_calls_round_trip(items, tail):
     turn = parse_tool_calls(text)
     assert [c.name for c in turn.calls] == [name for name, *_ in items]
     assert [parse_arguments(c.arguments)[0] for c in turn.calls] == [args for _, args, *_ in items]
-    assert all(c.error is None for c in turn.calls)
+    assert all(c.error is None for c in turn.calls) and not turn.malformed
     assert turn.content == ("".join(pre for *_, pre in items) + tail).strip()
 
 

@@ -1,4 +1,4 @@
-"""The hf generation engine on a tiny random Qwen3: batching, raw logprobs, stops, budgets, seeds."""
+"""The hf generation engine on a tiny random Qwen3: batching, sampling logprobs, stops, budgets, seeds."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from megatron_grpo.generation import make_engine
 from megatron_grpo.generation.base import SamplingParams
-from megatron_grpo.generation.hf import HFEngine, filter_logits
+from megatron_grpo.generation.hf import HFEngine, filter_logits, sampling_logprobs
 
 VOCAB = 300
 
@@ -46,11 +46,58 @@ def test_left_padded_batch_matches_single_prompts(engine):
         assert gen.finish_reason == "length" and len(gen.token_ids) == 8
 
 
-def test_logprobs_are_raw_logprobs_of_sampled_tokens(engine):
-    params = SamplingParams(temperature=0.7, top_k=50, top_p=0.9, max_new_tokens=6, seed=3)
-    for prompt, gen in zip(PROMPTS, engine.generate(PROMPTS, params)):
-        scored = engine.score([prompt + gen.token_ids])[0][len(prompt):]
-        assert gen.logprobs == pytest.approx(scored, abs=1e-5)
+def test_repeated_prompts_are_prefilled_once_and_forked(engine):
+    """A GRPO batch (each prompt G times): one prefill row per distinct prompt, the KV cache forked;
+    greedy ids and logprobs equal generating each row alone; forked rows sample independently."""
+    grouped = [PROMPTS[0]] * 3 + [PROMPTS[2]] * 2 + [PROMPTS[1]]
+    shapes = []
+    hook = engine.model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        greedy = SamplingParams(temperature=0.0, max_new_tokens=6)
+        forked = engine.generate(grouped, greedy)
+    finally:
+        hook.remove()
+    assert shapes[0] == (3, len(PROMPTS[0])) and shapes[1] == (len(grouped), 1)  # prefill, then decode
+    for prompt, gen in zip(grouped, forked):
+        (alone,) = engine.generate([prompt], greedy)
+        assert gen.token_ids == alone.token_ids
+        assert gen.logprobs == pytest.approx(alone.logprobs, abs=1e-5)
+    sampled = engine.generate(grouped, SamplingParams(temperature=1.0, max_new_tokens=6, seed=1))
+    assert len({tuple(g.token_ids) for g in sampled[:3]}) > 1
+
+
+def test_logprobs_are_those_of_the_sampling_distribution(engine):
+    """T=0.5: logprobs of softmax(logits / 0.5) (what the policy computes at the same temperature);
+    with a top-k/top-p cut: of the cut, renormalized distribution, which puts more mass on each kept id."""
+    tempered = SamplingParams(temperature=0.5, max_new_tokens=6, seed=3)
+    for prompt, gen in zip(PROMPTS, engine.generate(PROMPTS, tempered)):
+        assert gen.logprobs == pytest.approx(engine.score([prompt + gen.token_ids], 0.5)[0][len(prompt):], abs=1e-5)
+        raw = engine.score([prompt + gen.token_ids])[0][len(prompt):]
+        assert max(abs(a - b) for a, b in zip(gen.logprobs, raw)) > 0.05
+    cut = SamplingParams(temperature=0.7, top_k=50, top_p=0.9, max_new_tokens=6, seed=3)
+    for prompt, gen in zip(PROMPTS, engine.generate(PROMPTS, cut)):
+        seq = torch.tensor([prompt + gen.token_ids])
+        with torch.no_grad():
+            logits = engine.model(input_ids=seq).logits[0, len(prompt) - 1 : -1].float()
+        ref = sampling_logprobs(logits, cut).gather(-1, seq[0, len(prompt):, None])[:, 0]
+        assert gen.logprobs == pytest.approx(ref.tolist(), abs=1e-5)
+        at_t = engine.score([prompt + gen.token_ids], 0.7)[0][len(prompt):]
+        assert all(a >= b - 1e-6 for a, b in zip(gen.logprobs, at_t))
+
+
+def test_sampling_logprobs_by_hand():
+    logits = torch.tensor([[2.0, 1.0, 0.0]])
+    # T=0.5: log_softmax([4, 2, 0]); log(e^4 + e^2 + 1) = 4.142931
+    half = sampling_logprobs(logits, SamplingParams(temperature=0.5))
+    assert half[0].tolist() == pytest.approx([-0.142931, -2.142931, -4.142931], abs=1e-5)
+    # top_k=2: log_softmax([2, 1]) over the kept ids, log(e^2 + e) = 2.313262; the cut id is impossible
+    top2 = sampling_logprobs(logits, SamplingParams(temperature=1.0, top_k=2))
+    assert top2[0, :2].tolist() == pytest.approx([-0.313262, -1.313262], abs=1e-5)
+    assert top2[0, 2] == float("-inf")
+    # greedy: the unscaled log_softmax([2, 1, 0]); log(e^2 + e + 1) = 2.407606
+    greedy = sampling_logprobs(logits, SamplingParams(temperature=0.0))
+    assert greedy[0].tolist() == pytest.approx([-0.407606, -1.407606, -2.407606], abs=1e-5)
 
 
 def test_stop_ids_and_per_prompt_budgets(engine):

@@ -64,6 +64,17 @@ def _argmax_reference(model: torch.nn.Module, prompt: list[int], steps: int) -> 
     return toks, lps
 
 
+def _sampling_reference(model: torch.nn.Module, prompt: list[int], gen: list[int], params) -> list[float]:
+    """log p(gen[i]) under the cut, tempered distribution of full forwards over prompt + gen[:i]."""
+    from megatron_grpo.generation.hf import sampling_logprobs
+
+    seq, out = list(prompt), []
+    for tok in gen:
+        out.append(float(sampling_logprobs(_full_logits(model, seq)[None, :], params)[0, tok]))
+        seq.append(tok)
+    return out
+
+
 def _policy_logprobs(policy, prompts: list[list[int]], gens: list[list[int]]) -> list[list[float]]:
     """policy.logprobs of every generated token given its prompt and the earlier generated tokens."""
     seqs = [p + g for p, g in zip(prompts, gens)]
@@ -96,13 +107,24 @@ def _check_engine(hf_dir: str, tp: int, sequence_parallel: bool, full: bool) -> 
     res["greedy_lp_err"] = _max_err([g.logprobs for g in greedy], [r[1] for r in refs])
     res["greedy_reasons"] = [g.finish_reason for g in greedy]
 
-    # sampling with top-k/top-p: raw logprobs of the sampled ids == policy.logprobs on those ids
-    params = SamplingParams(temperature=0.9, top_p=0.9, top_k=20, max_new_tokens=NEW, seed=7)
-    sampled = engine.generate(PROMPTS, params)
+    # sampling with top-k/top-p: the logprobs of the cut, renormalized distribution (full forwards, no cache)
+    cut = SamplingParams(temperature=0.9, top_p=0.9, top_k=20, max_new_tokens=NEW, seed=7)
+    sampled = engine.generate(PROMPTS, cut)
     res["sampled"] = [g.token_ids for g in sampled]
-    res["sampled_again"] = [g.token_ids for g in engine.generate(PROMPTS, params)]  # same seed: same ids
-    gens = [g.token_ids for g in sampled]
-    res["sampled_lp_err"] = _max_err([g.logprobs for g in sampled], _policy_logprobs(policy, PROMPTS, gens))
+    res["sampled_again"] = [g.token_ids for g in engine.generate(PROMPTS, cut)]  # same seed: same ids
+    refs = [_sampling_reference(policy.model, p, g.token_ids, cut) for p, g in zip(PROMPTS, sampled)]
+    res["cut_lp_err"] = _max_err([g.logprobs for g in sampled], refs)
+
+    # temperature 0.5 (what training uses): engine logprobs == policy.logprobs with logits / 0.5, and
+    # clearly not the T=1 ones
+    params = SamplingParams(temperature=0.5, max_new_tokens=NEW, seed=7)
+    tempered = engine.generate(PROMPTS, params)
+    gens = [g.token_ids for g in tempered]
+    policy.temperature = 0.5
+    res["sampled_lp_err"] = _max_err([g.logprobs for g in tempered], _policy_logprobs(policy, PROMPTS, gens))
+    policy.temperature = 1.0
+    res["t1_lp_err"] = _max_err([g.logprobs for g in tempered], _policy_logprobs(policy, PROMPTS, gens))
+    policy.temperature = 0.5
     if not full:
         return res
 
@@ -112,6 +134,18 @@ def _check_engine(hf_dir: str, tp: int, sequence_parallel: bool, full: bool) -> 
                            max_new_tokens=[NEW, 3, NEW, 1])
     res["stop"] = [(g.token_ids, g.finish_reason, g.stop_token_id) for g in stop]
     res["stop_id"] = stop_id
+
+    # a GRPO batch (each prompt G times): prefilled once per prompt, the KV cache forked to the rows;
+    # equal to generating every row on its own
+    grouped = [PROMPTS[0]] * 3 + [PROMPTS[3]] * 2 + [PROMPTS[1]]
+    greedy_params = SamplingParams(temperature=0.0, max_new_tokens=NEW)
+    forked = engine.generate(grouped, greedy_params)
+    res["forked_prefill_rows"] = engine.last_stats["prefill_rows"]
+    alone = [engine.generate([p], greedy_params)[0] for p in grouped]
+    res["forked"] = [g.token_ids for g in forked]
+    res["forked_ref"] = [g.token_ids for g in alone]
+    res["forked_lp_err"] = _max_err([g.logprobs for g in forked], [g.logprobs for g in alone])
+    res["forked_sampled"] = [g.token_ids for g in engine.generate(grouped, params)]
 
     # refit is a no-op: after an optimizer step the engine already samples from the new weights
     before = engine.generate(PROMPTS, params)
@@ -165,7 +199,8 @@ def _assert_engine_results(res: dict, full: bool) -> None:
     assert res["greedy_lp_err"] < 1e-4
     assert res["sampled"] == res["sampled_again"]
     assert res["sampled"] != res["greedy"]  # it really sampled
-    assert res["sampled_lp_err"] < 1e-4
+    assert res["sampled_lp_err"] < 1e-4 and res["cut_lp_err"] < 1e-4
+    assert res["t1_lp_err"] > 0.1  # the temperature really changes the logprobs
     if not full:
         return
     stop_id = res["stop_id"]
@@ -177,6 +212,10 @@ def _assert_engine_results(res: dict, full: bool) -> None:
         else:
             assert (toks, reason, sid) == (prefix, "length", None)
     assert res["stop"][0][1] == "stop"  # the stop id is the 3rd greedy token of prompt 0
+    assert res["forked_prefill_rows"] == 3
+    assert res["forked"] == res["forked_ref"]
+    assert res["forked_lp_err"] < 1e-5
+    assert len({tuple(t) for t in res["forked_sampled"][:3]}) > 1  # forked rows sample independently
     assert res["refit_err"] < 1e-4
     assert res["lp_same_tokens_after"] > res["lp_before"] + 1.0
     assert res["bucket_rows"] == 4 and res["bucket_cache_reused"]

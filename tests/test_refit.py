@@ -42,8 +42,8 @@ def policy_logprobs(model, sequences):
     return out
 
 
-def rollout(engine, seed):
-    gens = engine.generate(PROMPTS, SamplingParams(temperature=1.0, max_new_tokens=10, seed=seed))
+def rollout(engine, seed, temperature=1.0):
+    gens = engine.generate(PROMPTS, SamplingParams(temperature=temperature, max_new_tokens=10, seed=seed))
     sequences = [p + g.token_ids for p, g in zip(PROMPTS, gens)]
     width = max(len(s) for s in sequences)
     engine_lp = torch.zeros(len(sequences), width, dtype=torch.float64)
@@ -103,7 +103,9 @@ def test_mismatch_metrics_by_hand():
 
 
 def _policy_refit_tp2(policy_dir: str, engine_dir: str) -> dict:
-    """On each of 2 gloo ranks: a TP=2 MegatronPolicy and an hf engine holding other weights."""
+    """On each of 2 gloo ranks: a TP=2 MegatronPolicy and an hf engine holding other weights; both at
+    the training temperature 0.5 (the engine samples from and reports softmax(logits / 0.5), the
+    policy divides its logits by 0.5)."""
     from megatron_grpo.config import PolicyConfig
     from megatron_grpo.distributed import init_distributed
     from megatron_grpo.policy import MegatronPolicy
@@ -111,19 +113,38 @@ def _policy_refit_tp2(policy_dir: str, engine_dir: str) -> dict:
     layout = init_distributed(tp=2)
     cfg = PolicyConfig(tensor_model_parallel_size=2, precision="float32", logprob_batch_size=4,
                        max_total_sequence_length=64)
-    policy = MegatronPolicy(cfg, layout, policy_dir)
+    policy = MegatronPolicy(cfg, layout, policy_dir, temperature=0.5)
     engine = HFEngine(engine_dir)
 
-    def mismatch(seed: int) -> float:
-        sequences, engine_lp, mask = rollout(engine, seed=seed)
+    def mismatch(seed: int, policy_temperature: float = 0.5) -> float:
+        sequences, engine_lp, mask = rollout(engine, seed=seed, temperature=0.5)
         width = engine_lp.shape[1]
         ids = torch.tensor([s + [1] * (width - len(s)) for s in sequences])
         lengths = torch.tensor([len(s) for s in sequences])
+        policy.temperature = policy_temperature
         return logprob_mismatch(engine_lp, policy.logprobs(ids, lengths).double(), mask)
 
     before = mismatch(seed=11)
     stats = refit(policy.weight_stream(32 << 10), engine)
-    return {"before": before, "after": mismatch(seed=12), "buckets": stats.buckets}
+    out = {"before": before, "after": mismatch(seed=12), "buckets": stats.buckets,
+           "after_vs_t1": mismatch(seed=12, policy_temperature=1.0)}
+
+    # a GRPO step with the engine's logprobs as the old policy: the loss's logprobs are the same
+    # tempered ones, so every ratio is 1 (at T=1 they would not be)
+    from megatron_grpo import grpo
+    from megatron_grpo.config import LossConfig
+
+    sequences, engine_lp, mask = rollout(engine, seed=13, temperature=0.5)
+    width = engine_lp.shape[1]
+    batch = {"input_ids": torch.tensor([s + [1] * (width - len(s)) for s in sequences]),
+             "lengths": torch.tensor([len(s) for s in sequences]), "old_logprobs": engine_lp.float(),
+             "advantages": torch.tensor([1.0, -1.0, 0.5]),
+             "loss_weights": grpo.loss_token_weights(mask, token_level=True)}
+    for temperature in (0.5, 1.0):
+        policy.temperature = temperature
+        out[f"step_t{temperature}"] = policy.train_step(dict(batch), grpo.make_loss_fn(LossConfig()))
+    out["expected_loss"] = float(-(batch["loss_weights"].sum(1) * batch["advantages"]).sum())
+    return out
 
 
 def test_megatron_policy_stream_refits_the_hf_engine(tmp_path):
@@ -138,4 +159,10 @@ def test_megatron_policy_stream_refits_the_hf_engine(tmp_path):
     for result in run_distributed(_policy_refit_tp2, 2, policy_dir, engine_dir):
         assert result["before"] > 0.1, result
         assert result["after"] < 1e-4, result
+        assert result["after_vs_t1"] > 0.1, result  # scoring at T=1 what T=0.5 sampled is clearly off
+        tempered, t1 = result["step_t0.5"], result["step_t1.0"]
+        assert tempered["ratio_mean"] == pytest.approx(1.0, abs=1e-4), tempered
+        assert tempered["approx_kl"] == pytest.approx(0.0, abs=1e-6) and tempered["clip_fraction"] == 0.0
+        assert tempered["loss"] == pytest.approx(result["expected_loss"], abs=1e-4)  # -sum(w * A) at ratio 1
+        assert abs(t1["ratio_mean"] - 1.0) > 0.05 and t1["clip_fraction"] > 0.1, t1
         assert result["buckets"] > 1

@@ -50,6 +50,7 @@ def tiny_run(tmp_path_factory):
         "policy.train_micro_batch_size=2",
         "policy.logprob_batch_size=2",
         "generation.max_new_tokens=12",
+        "generation.temperature=0.5",  # rollouts, old and new logprobs all at T=0.5
         "grpo.max_rollout_turns=2",
         "grpo.max_val_samples=2",
         "grpo.val_period=2",
@@ -91,7 +92,8 @@ def test_grpo_tp2_trains_checkpoints_resumes_and_exports(tiny_run):
         for key in ("train:reward_mean", "train:accuracy", "policy_loss", "grad_norm", "gen_train_logprob_error",
                     "train:generation_tokens_per_s", "timing/generation", "timing/train", "timing/refit"):
             assert key in rec, (step, key)
-        # the engine holds the policy's weights after every refit: the logprob mismatch stays tiny
+        # the engine holds the policy's weights after every refit and reports the T=0.5 distribution the
+        # policy scores: the logprob mismatch stays tiny
         assert rec["gen_train_logprob_error"] < 1e-4, rec["gen_train_logprob_error"]
     assert "val:accuracy" in metrics_a[2] and "val:accuracy" in metrics_a[4]
 
@@ -155,6 +157,17 @@ def test_bad_config_key_names_the_closest_key(tiny_run):
     )
     assert proc.returncode == 2
     assert "grpo.num_prompt_per_step" in proc.stderr and "did you mean 'num_prompts_per_step'" in proc.stderr
+
+
+def test_training_sampling_the_policy_cannot_score_is_a_one_line_error():
+    for override, field in (("generation.top_p=0.9", "generation.top_p"), ("generation.top_k=20", "generation.top_k"),
+                            ("generation.temperature=0", "generation.temperature")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "megatron_grpo.cli", "train", "--config", str(TINY), override],
+            capture_output=True, text=True, timeout=120, cwd=REPO,
+        )
+        assert proc.returncode == 2, (override, proc.stderr[-2000:])
+        assert field in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_bad_data_line_names_file_line_and_field(tiny_run, tmp_path):

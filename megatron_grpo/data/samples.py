@@ -26,11 +26,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from megatron_grpo.config import UserError
+
 REQUIRED_FIELDS = ("id", "responses_create_params", "ground_truth", "category", "environment_name")
 MESSAGE_ROLES = ("system", "developer", "user", "assistant")
 
 
-class SampleError(ValueError):
+class SampleError(UserError, ValueError):
     """Invalid samples. ``problems`` holds ``(file, line, field, message)`` tuples; str() lists them."""
 
     def __init__(self, problems: list[tuple[str, int, str, str]], truncated: int = 0):
@@ -239,19 +241,31 @@ def validate_file(
     return samples, problems, extra
 
 
-def load_samples(path: str | Path) -> list[dict]:
+class SampleFileMissing(UserError, FileNotFoundError):
+    """A sample file that does not exist; the message says which command writes it."""
+
+
+MAKE_DATA_HINT = (
+    "create it with `megatron-grpo download` (the Workplace Assistant tasks, split 90/10) or "
+    "`megatron-grpo generate-tasks --out DIR` (generated tasks)"
+)
+
+
+def load_samples(path: str | Path, setting: str | None = None) -> list[dict]:
     """All samples of a JSONL file, each validated; raises SampleError listing every problem found.
 
-    Raises FileNotFoundError naming the path when it does not exist.
+    ``setting`` names the config key the path came from (``data.train_path``), for the error messages.
+    Raises SampleFileMissing when the file does not exist, SampleError when it has no rows.
     """
     path = Path(path)
+    where = f"{setting}={path}" if setting else str(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such sample file")
+        raise SampleFileMissing(f"{where}: no such file; {MAKE_DATA_HINT}")
     samples, problems, extra = validate_file(path)
     if problems:
         raise SampleError(problems, truncated=extra)
     if not samples:
-        raise SampleError([(str(path), 0, "<file>", "no samples")])
+        raise SampleError([(str(path), 0, "<file>", f"no samples (an empty file); {MAKE_DATA_HINT}")])
     return samples
 
 

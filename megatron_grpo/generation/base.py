@@ -9,11 +9,21 @@ Contract of :meth:`GenerationEngine.generate`:
 * ``prompts``: a batch of token-id lists (any lengths).
 * returns one :class:`Generation` per prompt, same order: the sampled ids (the stop id included when
   one ended the sequence), ``logprobs[i]`` = log p(token_ids[i] | prompt, token_ids[:i]) under the
-  model's *raw* distribution (temperature 1, no top-p/top-k filtering; that is the distribution the
-  trainer's policy computes), and ``finish_reason`` "stop" (a stop id was sampled) or "length"
-  (the token budget ran out).
+  distribution the token was SAMPLED from (see "Logprob convention"), and ``finish_reason`` "stop"
+  (a stop id was sampled) or "length" (the token budget ran out).
 * ``max_new_tokens`` (optional, one per prompt) lowers ``params.max_new_tokens`` per prompt, so the
   agent loop can respect each episode's remaining context.
+
+Logprob convention (every engine, and the trainer's policy): the sampling distribution is
+``softmax(filter(logits / T))`` with ``T = params.temperature`` and ``filter`` the top-k then top-p
+cut (renormalized); the engine returns the log of that probability at the sampled id (what vLLM
+calls processed logprobs). Greedy decoding (``T == 0``) returns the unscaled ``log_softmax(logits)``.
+Training uses ``generation.temperature`` as T for the policy's old and new logprobs too (logits / T
+in ``MegatronPolicy``), so the ratio, the score function and ``gen_train_logprob_error`` all refer
+to the distribution that produced the rollouts, at any T. The policy cannot reproduce a top-k/top-p
+cut, so training refuses ``generation.top_p < 1`` and ``generation.top_k > 0`` with a config error
+(evaluation accepts them). Validation sampling (``generation.val_temperature``) never enters a
+loss and may be anything.
 
 ``load_weights(stream)`` takes the refit stream: an iterable of buckets, each a list of
 ``(hf_name, full_tensor)``. ``sleep()`` frees what the engine holds on the device for training;
@@ -106,3 +116,18 @@ def start_generate(
     if params.seed is not None:
         generator = torch.Generator(device=device).manual_seed(params.seed)
     return budgets, generator
+
+
+def shared_prompts(prompts: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+    """(row of each distinct prompt in first-seen order, index into that list for every row):
+    identical prompts are prefilled once and their KV cache is copied to the other rows."""
+    first: dict[tuple[int, ...], int] = {}
+    unique: list[int] = []
+    source: list[int] = []
+    for b, prompt in enumerate(prompts):
+        key = tuple(prompt)
+        if key not in first:
+            first[key] = len(unique)
+            unique.append(b)
+        source.append(first[key])
+    return unique, source

@@ -8,9 +8,10 @@ Batching: prompts are left-padded into one batch; position ids count real tokens
 prompt sees the same positions as an unpadded one (what the trainer's policy uses). Finished rows
 keep decoding a pad token (masked out) until every row has finished or run out of budget.
 
-Logprobs: ``logprobs[i]`` is log softmax of the *raw* logits (temperature 1, no top-k/top-p) at the
-sampled id: the distribution the trainer's policy computes, so ``gen_train_logprob_error`` compares
-like with like. Sampling itself uses ``logits / temperature`` filtered by top-k then top-p.
+Logprobs (base.py's convention): sampling uses ``logits / temperature`` filtered by top-k then
+top-p, and ``logprobs[i]`` is the log of that same distribution at the sampled id (greedy: the
+unscaled log-softmax). The trainer's policy divides its logits by the same temperature, so
+``gen_train_logprob_error`` compares like with like at any temperature.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from megatron_grpo.generation.base import Generation, SamplingParams, WeightStream, start_generate
+from megatron_grpo.generation.base import Generation, SamplingParams, WeightStream, shared_prompts, start_generate
 
 
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -38,6 +39,27 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
     return logits
+
+
+def sampling_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """``logits[B, V]`` (float32) -> log-probs [B, V] of the distribution tokens are sampled from:
+    ``log_softmax(filter_logits(logits))``, ``-inf`` where top-k/top-p cut; greedy (temperature 0):
+    the unscaled ``log_softmax(logits)``."""
+    if params.temperature == 0:
+        return torch.log_softmax(logits, dim=-1)
+    return torch.log_softmax(filter_logits(logits, params), dim=-1)
+
+
+def sample_tokens(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits[B, V]`` float32 -> (sampled ids [B], their logprobs [B] under the sampling distribution)."""
+    logp = sampling_logprobs(logits, params)
+    if params.temperature == 0:
+        sampled = logits.argmax(dim=-1)
+    else:
+        sampled = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    return sampled, logp.gather(-1, sampled[:, None]).squeeze(-1)
 
 
 class HFEngine:
@@ -87,9 +109,11 @@ class HFEngine:
 
     def _generate_batch(self, prompts, params, budgets, generator) -> list[Generation]:
         batch, width = len(prompts), max(len(p) for p in prompts)
-        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((batch, width), dtype=torch.long)
-        for b, prompt in enumerate(prompts):
+        # a prompt sampled G times (a GRPO group) is prefilled once; its KV cache is forked
+        unique, source = shared_prompts(prompts)
+        input_ids = torch.full((len(unique), width), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(unique), width), dtype=torch.long)
+        for b, prompt in enumerate(prompts[i] for i in unique):
             input_ids[b, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
             attention[b, width - len(prompt) :] = 1
         input_ids, attention = input_ids.to(self.device), attention.to(self.device)
@@ -101,19 +125,16 @@ class HFEngine:
             logits_to_keep=1,
         )
         cache, logits = self._cache_of(result), result.logits[:, -1, :]
+        if len(unique) < batch:
+            index = torch.tensor(source, device=self.device)
+            cache.reorder_cache(index)
+            logits, attention, positions = logits[index], attention[index], positions[index]
         next_pos = positions[:, -1:] + 1
         tokens: list[list[int]] = [[] for _ in range(batch)]
         logprobs: list[list[float]] = [[] for _ in range(batch)]
         reasons: list[str | None] = [None] * batch
         for _ in range(max(budgets)):
-            logits = logits.float()
-            raw = torch.log_softmax(logits, dim=-1)
-            if params.temperature == 0:
-                sampled = logits.argmax(dim=-1)
-            else:
-                probs = torch.softmax(filter_logits(logits, params), dim=-1)
-                sampled = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-            sampled_lp = raw.gather(-1, sampled[:, None]).squeeze(-1)
+            sampled, sampled_lp = sample_tokens(logits.float(), params, generator)
             is_stop = torch.isin(sampled, stops)
             sampled_l, lp_l, stop_l = sampled.tolist(), sampled_lp.tolist(), is_stop.tolist()
             for b in range(batch):
@@ -149,12 +170,13 @@ class HFEngine:
 
     # -- scoring (parity checks)
     @torch.no_grad()
-    def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
-        """Raw logprob of every id given its prefix (0.0 for the first id), one sequence at a time."""
+    def score(self, sequences: Sequence[Sequence[int]], temperature: float = 1.0) -> list[list[float]]:
+        """Logprob of every id given its prefix under softmax(logits / temperature) (0.0 for the
+        first id), one sequence at a time."""
         out = []
         for seq in sequences:
             ids = torch.tensor([list(seq)], dtype=torch.long, device=self.device)
-            logits = self.model(input_ids=ids).logits.float()
+            logits = self.model(input_ids=ids).logits.float() / temperature
             lp = torch.log_softmax(logits[0, :-1], dim=-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
             out.append([0.0] + lp.tolist())
         return out

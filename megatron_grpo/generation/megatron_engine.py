@@ -22,9 +22,10 @@ SPMD contract: with tensor parallelism, every TP rank calls ``generate`` with th
 params (as every megatron collective requires) and gets the same result. Pipeline parallelism is
 not supported (a clear error names the fix).
 
-Logprobs and stopping follow base.py and hf.py exactly: ``logprobs[i]`` is the raw (temperature 1,
-unfiltered) log-softmax at the sampled id; sampling uses temperature, then top-k, then top-p; a row
-stops on a stop id (included) or its token budget. Memory: the KV cache is allocated by
+Logprobs and stopping follow base.py and hf.py exactly (the same ``sample_tokens``): sampling uses
+temperature, then top-k, then top-p, and ``logprobs[i]`` is the log of that sampling distribution at
+the sampled id (greedy: the unscaled log-softmax); a row stops on a stop id (included) or its token
+budget. Memory: the KV cache is allocated by
 ``generate``, kept between calls of the same (bucketed) shape so the captured graph replays, and
 freed by ``sleep()`` (called before training); a batch whose cache would not fit in ~80% of the free
 GPU memory is generated in chunks; with ``offload_optimizer=True`` ``wake()`` moves the policy's
@@ -42,8 +43,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from megatron_grpo.generation.base import Generation, SamplingParams, WeightStream, start_generate
-from megatron_grpo.generation.hf import filter_logits
+from megatron_grpo.generation.base import Generation, SamplingParams, WeightStream, shared_prompts, start_generate
+from megatron_grpo.generation.hf import sample_tokens, sampling_logprobs
 from megatron_grpo.generation.kv_cache import CachedGPTForward, KVCache, sequence_parallel_off
 
 log = logging.getLogger(__name__)
@@ -242,17 +243,14 @@ class MegatronEngine:
         return self._cache
 
     def _sample(self, logits: torch.Tensor, params: SamplingParams, generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """logits [b, vocab] float32 -> (sampled ids [b], their raw logprobs [b]), same on all TP ranks."""
-        raw = torch.log_softmax(logits, dim=-1)
-        if params.temperature == 0:
-            sampled = logits.argmax(dim=-1)
-        else:
-            probs = torch.softmax(filter_logits(logits, params), dim=-1)
-            sampled = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        """logits [b, vocab] float32 -> (sampled ids [b], their logprobs [b] under the sampling
+        distribution), same on all TP ranks (TP rank 0's ids are broadcast)."""
+        sampled, lp = sample_tokens(logits, params, generator)
         tp, group, src = self._tp()
         if tp > 1:
             dist.broadcast(sampled, src=src, group=group)
-        return sampled, raw.gather(-1, sampled[:, None]).squeeze(-1)
+            lp = sampling_logprobs(logits, params).gather(-1, sampled[:, None]).squeeze(-1)
+        return sampled, lp
 
     def _shape_for(self, batch: int, need_len: int) -> tuple[int, int]:
         """Cache (rows, length) for a batch (see ``bucket_shapes``)."""
@@ -282,14 +280,24 @@ class MegatronEngine:
         key_ok[:, width:] = False
 
         t0 = time.perf_counter()
+        # a prompt sampled G times (a GRPO group) is prefilled once; its KV cache is forked
+        unique, source = shared_prompts(prompts)
         rows_per_chunk = max(1, self.prefill_tokens // width)
         logits_parts = []
-        for r0 in range(0, batch, rows_per_chunk):
-            rows = slice(r0, min(batch, r0 + rows_per_chunk))
-            logits_parts.append(self.forward.prefill(cache, rows, ids[rows], pad[rows]))
+        for r0 in range(0, len(unique), rows_per_chunk):
+            rows = slice(r0, min(len(unique), r0 + rows_per_chunk))
+            picked = torch.tensor(unique[rows], device=dev)
+            logits_parts.append(self.forward.prefill(cache, rows, ids[picked], pad[picked]))
         logits = self._full_logits(torch.cat(logits_parts))
+        if len(unique) < batch:
+            # the unique prompts sit in cache rows [0, U); row b takes row source[b] <= b (gather first)
+            index = torch.tensor(source, device=dev)
+            for layer in range(cache.data.shape[0]):
+                cache.data[layer, :, :, :, :width] = cache.data[layer, :, index, :, :width]
+            logits = logits[index]
         _sync(dev)
         t1 = time.perf_counter()
+        stats["prefill_rows"] = stats.get("prefill_rows", 0) + len(unique)
 
         budget_t = torch.tensor(budgets, device=dev)
         stops = torch.tensor(sorted(set(params.stop_token_ids)) or [-1], device=dev)

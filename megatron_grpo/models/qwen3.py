@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from megatron_grpo import cpu_compat
+from megatron_grpo import cpu_compat, shared_prefix
 from megatron_grpo.distributed import validate_layout
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
@@ -171,8 +171,10 @@ class SDPAttention(torch.nn.Module):
     (``enable_gqa``), never by materialising repeated keys. Masking: with ``attention_mask``
     (bool, broadcastable to ``[b, 1, sq, sk]``, True = masked out, megatron's convention) that
     mask is used; otherwise causal, aligned to the bottom right when ``sq < sk`` (decoding with a
-    KV cache). Packed sequences (THD ``packed_seq_params``) are not supported by this path: pass a
-    block-diagonal ``attention_mask`` instead, or use the TransformerEngine spec.
+    KV cache). A 1-D int64 ``attention_mask`` is a shared-prefix layout descriptor (one packed
+    ``[prefix | rest_1 .. rest_G]`` row, see shared_prefix.py). Packed sequences (THD
+    ``packed_seq_params``) are not supported by this path: pass a block-diagonal ``attention_mask``
+    instead, or use the TransformerEngine spec.
     """
 
     def __init__(self, config, layer_number: int, attn_mask_type, attention_type: str,
@@ -194,6 +196,9 @@ class SDPAttention(torch.nn.Module):
             )
         if attention_bias is not None:
             raise UnsupportedModelError("attention_bias is not supported by the local SDPA attention")
+        if shared_prefix.is_layout(attention_mask):  # one packed [prefix | rest_1 .. rest_G] row
+            return shared_prefix.attention(query, key, value, attention_mask, self.scale,
+                                           self.dropout if self.training else 0.0)
         sq, sk = query.shape[0], key.shape[0]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [s, b, n, d] -> [b, n, s, d]
         mask, causal = None, False

@@ -12,8 +12,15 @@ Semantics (those of NeMo-Gym's ``simple_agent`` with its Workplace resources ser
    - ``context_limit``: the turn was cut because the context (``context_limit`` ids) is full, or the
      next tool turn would not fit with at least one new token after it (it is then not appended).
    - ``no_tool_calls``: a turn without ``<tool_call>`` blocks (the final answer).
-   - otherwise every call of the turn is executed, in order (invalid ones return the reference's
-     ``{"error": "Invalid tool call arguments: ..."}`` text), then
+   - ``malformed_tool_call`` (``on_malformed_tool_call="plain_text"``, the default): a block is not
+     valid tool-call JSON (rollout/hermes.py, ``ParsedTurn.malformed``). The reference's hermes
+     parser then turns the whole turn into plain text: no call of the turn runs and the episode
+     ends, as simple_agent ends on an assistant message without function calls. With
+     ``on_malformed_tool_call="error_output"`` such a turn is executed like any other instead (the
+     malformed block returns the reference's ``{"error": "Invalid tool call arguments: ..."}``
+     text) and the model gets another step.
+   - otherwise every call of the turn is executed, in order (a call whose arguments are not a JSON
+     object returns that error text), then
    - ``eos``: the turn ended with ``<|endoftext|>`` instead of ``<|im_end|>``: the model closed the
      sequence, the conversation cannot continue in the template;
    - ``max_steps``: ``max_steps`` model calls were made (default 6; the 6th call's tools still run).
@@ -42,7 +49,8 @@ from megatron_grpo.rollout.chat import ChatRenderer, Trajectory
 from megatron_grpo.rollout.hermes import parse_tool_calls
 
 PHASES = ("generation", "env", "tokenization")
-STOP_REASONS = ("no_tool_calls", "eos", "max_new_tokens", "context_limit", "max_steps")
+STOP_REASONS = ("no_tool_calls", "malformed_tool_call", "eos", "max_new_tokens", "context_limit", "max_steps")
+MALFORMED_TOOL_CALL_MODES = ("plain_text", "error_output")
 
 
 class EpisodeEnv(Protocol):
@@ -59,7 +67,8 @@ class EpisodeEnv(Protocol):
 @dataclass
 class EpisodeResult:
     """One finished episode. ``token_ids``, ``loss_mask``, ``logprobs`` are aligned, length S;
-    ``logprobs`` are the engine's (raw, T=1) logprobs of sampled ids, 0.0 where ``loss_mask`` is 0."""
+    ``logprobs`` are the engine's logprobs of sampled ids (under the sampling distribution,
+    generation/base.py), 0.0 where ``loss_mask`` is 0."""
 
     token_ids: list[int]
     loss_mask: list[int]
@@ -104,11 +113,16 @@ def run_episodes(
     *,
     max_steps: int = 6,
     context_limit: int = 32768,
+    on_malformed_tool_call: str = "plain_text",
 ) -> RolloutBatch:
     """Roll out one episode per sample (a sample is a dataset row with ``responses_create_params``
-    and ``ground_truth``; repeat a row G times for a GRPO group)."""
+    and ``ground_truth``; repeat a row G times for a GRPO group). ``on_malformed_tool_call``:
+    ``plain_text`` (the reference) or ``error_output`` (see the module docstring)."""
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    if on_malformed_tool_call not in MALFORMED_TOOL_CALL_MODES:
+        raise ValueError(f"env.on_malformed_tool_call must be one of {', '.join(MALFORMED_TOOL_CALL_MODES)}, "
+                         f"got {on_malformed_tool_call!r}")
     stops = tuple(sorted(set(sampling.stop_token_ids) | set(renderer.eos_token_ids)))
     sampling = replace(sampling, stop_token_ids=stops)
     totals = dict.fromkeys(PHASES, 0.0)
@@ -156,6 +170,9 @@ def run_episodes(
             turn = parse_tool_calls(text)
             if not turn.calls:
                 ep.stop_reason = "no_tool_calls"
+                continue
+            if turn.malformed and on_malformed_tool_call == "plain_text":
+                ep.stop_reason = "malformed_tool_call"
                 continue
             calls = [
                 {"name": c.name, "arguments": c.arguments, **({"error": c.error} if c.error else {})}

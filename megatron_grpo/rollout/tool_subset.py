@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 
-DOMAINS = ("email", "calendar", "analytics", "project_management", "customer_relationship_manager")
+from environment.workplace.env import DOMAINS
+
 DIRECTORY = "company_directory"
 
 
@@ -32,8 +33,6 @@ def restrict_tools(sample: dict, subset: str) -> dict:
     tools plus the directory when ``subset == "domain"``; unchanged for ``"all"``."""
     if subset == "all":
         return sample
-    if subset != "domain":
-        raise ValueError(f"env.tool_subset must be 'all' or 'domain', got {subset!r}")
     keep = sample_domains(sample) | {DIRECTORY}
     out = copy.copy(sample)
     params = dict(sample["responses_create_params"])
