@@ -127,7 +127,12 @@ def warm_start(spec: WarmStart, cfg, train_tasks: list[dict], cache: Path | None
         log.info("warm start: cached in %s (delete it or pass --no-cache to rebuild)", cache)
         return cache / "model_sft", json.loads((cache / "info.json").read_text()), True
     t0 = time.perf_counter()
-    work = cache.with_name(cache.name + f".tmp{os.getpid()}") if cache is not None else None
+    work = None
+    if cache is not None:
+        for stale in cache.parent.glob(cache.name + ".tmp*"):
+            if not _alive(stale.name.rsplit(".tmp", 1)[1]):  # left by a killed run
+                shutil.rmtree(stale, ignore_errors=True)
+        work = cache.with_name(cache.name + f".tmp{os.getpid()}")
     root = work or Path(cfg.logger.log_dir).parent / "warm_start"
     shutil.rmtree(root, ignore_errors=True)
     tokenizer = train_demo_tokenizer(train_tasks, spec.vocab, cfg.env.tool_subset)  # held-out tasks unseen
@@ -146,6 +151,16 @@ def warm_start(spec: WarmStart, cfg, train_tasks: list[dict], cache: Path | None
     shutil.rmtree(cache, ignore_errors=True)
     os.replace(root, cache)  # a killed run leaves only a .tmp folder, never a half-written cache
     return cache / "model_sft", info, False
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
