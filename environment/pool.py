@@ -135,9 +135,15 @@ class LocalEnvPool:
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to the Ray cluster at ``address`` or ``RAY_ADDRESS`` (SLURM: started by the sbatch
-    script), else start a local one (no dashboard; token auth off, as ray 2.60 otherwise writes a
-    token into the home folder)."""
+    script), else start a local one (no dashboard).
+
+    A cluster given by address is used with the caller's own Ray settings (its token, if it has
+    one, comes from the environment). A local Ray gets a fresh token of its own (token
+    authentication, see environment/ray_auth.py), so no other user of the machine can submit work
+    to it and nothing is written into the home folder."""
     import ray
+
+    from environment.ray_auth import new_token, use_token
 
     if ray.is_initialized():
         return
@@ -145,7 +151,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        use_token(new_token())
         # SLURM signals every process of a job step (--signal=USR1@120 before the time limit); the
         # local Ray's daemons must survive it so the trainer can checkpoint. An ignored signal is
         # inherited by the processes ray.init starts; the caller's handler is restored afterwards.

@@ -8,9 +8,10 @@ Layout of one checkpoint (``<checkpoint_dir>/step_<n>/``)::
     model_optim/          megatron dist checkpoint (torch_dist): keys "model" (GPTModel sharded state,
                           reshardable to any TP/PP), "optimizer" (DistOpt as dp_reshardable: resume at
                           the same TP/PP, any DP) and "opt_param_scheduler"
-    rng/rank_<r>.pt       per-rank RNG states (python, numpy, torch CPU/CUDA, megatron's tracker);
-                          restored only when the world size is unchanged
-    training_info.json    {"step", "metrics", "data_state", "layout", "saved_at", "format": 1}
+    rng/rank_<r>.pt       per-rank RNG states (python, numpy, torch CPU/CUDA, megatron's tracker) as
+                          tensors, numbers and strings only; restored only when the world size is
+                          unchanged
+    training_info.json    {"step", "metrics", "data_state", "layout", "saved_at", "format": 2}
     config.json           the trainer's full config (the dataclass or dict the caller passed)
     run_config.json       {"hf_config": <HF config.json as a dict>, "tokenizer_dir": <path>,
                            "params_dtype": "bfloat16"|"float32"}: enough to rebuild the model at any
@@ -31,6 +32,13 @@ while it is the latest. With no metric name configured, the k most recent are ke
 val_period does not divide save_period few checkpoints carry the metric: a trainer may also save on
 validation steps to give the top-k candidates.)
 
+Loading runs no code from the checkpoint (a folder from someone else must not be able to run code
+when it is resumed or converted): every ``torch.load`` here is ``weights_only=True`` (tensors,
+numbers, strings, lists, dicts; anything else is refused with one line naming the file), and the
+pickled index of the dist checkpoint (``model_optim/.metadata``) and its ``common.pt`` are checked
+the same way before megatron reads them. Format 1 (before this) pickled numpy arrays into rng/: such
+a checkpoint is refused; delete its rng/ folder to resume it without the RNG state.
+
 Use: ``save_checkpoint(policy, dir, step, metrics=..., data_state=..., config=..., keep_top_k=...,
 metric_name=...)``; resume with ``load_checkpoint(resolve_resume(cfg.resume, dir), policy)``; export
 with ``build_model_for_export(step_dir)`` (any TP/PP) + ``read_run_config(step_dir)["tokenizer_dir"]``
@@ -41,10 +49,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import enum
 import json
 import logging
 import math
 import os
+import pickle
 import random
 import re
 import shutil
@@ -58,7 +68,7 @@ from megatron_grpo.config import UserError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: rng/ holds tensors and numbers only (loads with weights_only=True)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -310,17 +320,22 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
+    """Every RNG this process uses, as tensors / numbers / strings (``torch.load(weights_only=True)``
+    reads it back; nothing in it needs code to be rebuilt)."""
     from megatron.core import tensor_parallel
 
+    version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
-        "python": random.getstate(),
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
         "torch": torch.get_rng_state(),
-        "megatron_tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+        "megatron_tracker": dict(tensor_parallel.get_cuda_rng_tracker().get_states()),
     }
     try:
         import numpy as np
 
-        state["numpy"] = np.random.get_state()
+        key, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = {"key": str(key), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
     except ImportError:
         pass
     if torch.cuda.is_available():
@@ -331,15 +346,98 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     from megatron.core import tensor_parallel
 
-    random.setstate(state["python"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
     torch.set_rng_state(state["torch"])
     tensor_parallel.get_cuda_rng_tracker().set_states(state["megatron_tracker"])
     if "numpy" in state:
         import numpy as np
 
-        np.random.set_state(state["numpy"])
+        npst = state["numpy"]
+        np.random.set_state((npst["key"], npst["keys"].numpy().astype(np.uint32), npst["pos"],
+                             npst["has_gauss"], npst["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+# ---------------------------------------------------------------------- loading without running code
+
+
+def _refusal(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: refused to load: it holds {what}, not only tensors/numbers/strings, and unpickling it "
+        f"could run code (nothing from it was run); use a checkpoint from a source you trust"
+        + ("" if path.parent.name != "rng" else f", or delete {path.parent} to resume without its RNG state")
+    )
+
+
+def safe_torch_load(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU; a file that needs anything else is refused
+    with a CheckpointError naming the file and the Python object it asks for."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        m = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        raise _refusal(path, f"a reference to {m.group(1) if m else 'a Python object'}") from None
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+def _dcp_metadata_global(module: str, name: str) -> Any:
+    """The only globals a torch dist-checkpoint index (``.metadata``) refers to: the dataclasses and
+    enums of torch.distributed.checkpoint's metadata/planner, torch.Size, dtypes and layouts."""
+    import torch.distributed.checkpoint.filesystem as dcp_fs
+    import torch.distributed.checkpoint.metadata as dcp_meta
+    import torch.distributed.checkpoint.planner as dcp_planner
+
+    if "." not in name:
+        mods = {m.__name__: m for m in (dcp_meta, dcp_planner)}
+        if module in mods:
+            obj = getattr(mods[module], name, None)
+            if isinstance(obj, type) and obj.__module__ == module and (
+                    dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum)):
+                return obj
+        if (module, name) == (dcp_fs.__name__, "_StorageInfo"):
+            return dcp_fs._StorageInfo
+        if module == "torch":
+            obj = getattr(torch, name, None)
+            if obj is torch.Size or isinstance(obj, (torch.dtype, torch.layout, torch.memory_format)):
+                return obj
+        if (module, name) == ("torch.serialization", "_get_layout"):
+            return torch.serialization._get_layout
+        if (module, name) == ("collections", "OrderedDict"):
+            import collections
+
+            return collections.OrderedDict
+    raise pickle.UnpicklingError(f"GLOBAL {module}.{name}")
+
+
+class _DcpMetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        return _dcp_metadata_global(module, name)
+
+
+def check_dist_checkpoint(path: str | os.PathLike) -> None:
+    """Refuse a ``model_optim`` folder whose pickled parts could run code when megatron loads them.
+
+    torch's dist-checkpoint index ``.metadata`` is a plain pickle that torch unpickles without
+    restrictions; it is read here first with an unpickler that knows only the classes such an
+    index is made of. ``common.pt`` must load with ``weights_only=True``.
+    """
+    path = Path(path)
+    meta = path / ".metadata"
+    if meta.is_file():
+        try:
+            with open(meta, "rb") as f:
+                _DcpMetadataUnpickler(f).load()
+        except pickle.UnpicklingError as exc:
+            m = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            raise _refusal(meta, f"a reference to {m.group(1) if m else 'a Python object'}") from None
+        except (EOFError, ValueError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{meta}: not a dist-checkpoint index ({type(exc).__name__}: {exc})") from None
+    if (path / "common.pt").is_file():
+        safe_torch_load(path / "common.pt")
 
 
 # ---------------------------------------------------------------------- load
@@ -364,17 +462,20 @@ def load_checkpoint(step_dir: str | os.PathLike, policy: Any) -> dict[str, Any]:
         )
     if (step_dir / "run_config.json").is_file() and getattr(policy, "hf_config", None) is not None:
         check_model_shape(step_dir, policy.hf_config)
+    # everything pickled is checked before anything is loaded: a refused file stops the resume
+    rng_file = step_dir / "rng" / f"rank_{dist.get_rank()}.pt"
+    rng_state = safe_torch_load(rng_file) if rng_file.is_file() else None
     path = step_dir / "model_optim"
+    check_dist_checkpoint(path)
     try:
         state = dist_checkpointing.load(policy.sharded_state_dict(is_loading=True), str(path))
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot load ({type(exc).__name__}: {exc})") from exc
     policy.load_sharded_state_dict(state)
 
-    rng_file = step_dir / "rng" / f"rank_{dist.get_rank()}.pt"
-    restored = saved.get("world_size") == dist.get_world_size() and rng_file.is_file()
+    restored = saved.get("world_size") == dist.get_world_size() and rng_state is not None
     if restored:
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        _set_rng_state(rng_state)
     else:
         log.warning("%s: RNG state not restored (saved at world size %s, now %s)",
                     step_dir, saved.get("world_size"), dist.get_world_size())
@@ -428,6 +529,7 @@ def build_model_for_export(step_dir: str | os.PathLike) -> tuple[Any, Any]:
     if dtype != torch.float32:
         model = model.to(dtype)  # local-spec torch norms are built fp32
     path = Path(step_dir) / "model_optim"
+    check_dist_checkpoint(path)
     try:
         state = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path))
     except Exception as exc:

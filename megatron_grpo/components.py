@@ -79,33 +79,24 @@ def load_tokenizer(cfg: Config) -> Any:
 
 
 def resolve_backend(gen: GenerationConfig) -> str:
-    """``auto`` -> the megatron engine module's rule when it exists, else vllm/hf by what is here."""
-    if gen.backend != "auto":
-        return gen.backend
-    has_cuda = cpu_compat.cuda_enabled()
-    try:
-        import importlib.util
+    """``generation.backend`` on this machine (``auto`` resolved; see ``generation.choose_backend``)."""
+    import importlib.util
 
+    from megatron_grpo.generation import choose_backend
+
+    try:
         has_vllm = importlib.util.find_spec("vllm") is not None
     except ValueError:
         has_vllm = False
-    try:
-        from megatron_grpo.generation.megatron_engine import resolve_backend as engine_rule
-    except ImportError:
-        engine_rule = None
-    if engine_rule is not None:
-        backend, why = engine_rule("auto", has_cuda, has_vllm)
-    else:
-        backend = "vllm" if (has_cuda and has_vllm) else "hf"
-        why = "vllm on GPU when installed, else hf"
-    log.info("generation.backend=auto -> %s (%s)", backend, why)
+    backend, why = choose_backend(gen.backend, cpu_compat.cuda_enabled(), has_vllm)
+    log.info("%s", why)
     return backend
 
 
 def build_engine(backend: str, gen: GenerationConfig, policy: Any, model_dir: str, pad_id: int) -> Any:
     """The generation engine on this rank. ``hf`` starts from the policy's initial HF folder and is
     refit from the policy's weight stream after every step; ``megatron`` decodes with the policy's
-    own model; ``vllm`` is in-process vLLM on the same GPU."""
+    own model; ``vllm`` is in-process vLLM on the same GPU (or CPU)."""
     from megatron_grpo.generation import make_engine
 
     if backend == "hf":
@@ -120,7 +111,9 @@ def build_engine(backend: str, gen: GenerationConfig, policy: Any, model_dir: st
             "vllm",
             model=model_dir,
             tensor_parallel_size=policy.cfg.tensor_model_parallel_size,
+            dtype="bfloat16" if getattr(policy, "bf16", False) else "float32",
             gpu_memory_utilization=gen.gpu_memory_utilization,
+            cpu_kv_cache_gib=gen.cpu_kv_cache_gib,
             max_model_len=gen.max_model_len,
             enable_prefix_caching=gen.enable_prefix_caching,
         )

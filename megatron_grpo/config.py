@@ -96,7 +96,11 @@ class LossConfig:
     ratio_clip_c: Annotated[float, Range(min=1, open_min=True)] | None = None  # dual clip, > 1
     reference_policy_kl_penalty: NonNegativeFloat = 0.0
     reference_policy_kl_type: Literal["k1", "k2", "k3"] = "k3"
-    token_level_loss: bool = True
+    token_level_loss: bool = True  # false: mean of per-sequence means over every sample of the batch
+    # truncated importance sampling: scale each token's policy-gradient term by
+    # min(pi_old / pi_gen, truncated_importance_sampling_ratio) (training vs generation numerics)
+    use_importance_sampling_correction: bool = False
+    truncated_importance_sampling_ratio: PositiveFloat | None = 2.0  # the cap C; null: no truncation
 
 
 @dataclass
@@ -150,8 +154,9 @@ class GenerationConfig:
     top_k: NonNegativeInt | None = None  # None or 0: disabled
     max_new_tokens: PositiveInt = 4096
     max_model_len: PositiveInt = 32768
-    gpu_memory_utilization: UnitFraction = 0.6
-    refit_bucket_mb: PositiveInt = 512
+    gpu_memory_utilization: UnitFraction = 0.6  # vllm on GPU: fraction of the memory free when the engine is built
+    cpu_kv_cache_gib: PositiveFloat = 2.0  # vllm on CPU: its KV cache (vLLM's own default reserves most of the RAM)
+    refit_bucket_mb: PositiveFloat = 512  # refit stream bucket size (MiB; fractions for tests)
     enable_prefix_caching: bool = True
 
 
@@ -225,6 +230,21 @@ class Config:
     checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
+def check_training_sampling(cfg: Config) -> None:
+    """Training samples must come from a distribution the policy can score: softmax(logits / T) with
+    T = generation.temperature > 0 and no top-k/top-p cut (generation/base.py, logprob convention)."""
+    g = cfg.generation
+    if g.temperature <= 0:
+        raise ConfigError(f"generation.temperature={g.temperature}: GRPO training samples need a temperature "
+                          f"> 0 (greedy rollouts give identical samples per group); use "
+                          f"generation.val_temperature=0 for greedy validation only")
+    if g.top_p < 1.0 or (g.top_k is not None and g.top_k > 0):
+        raise ConfigError(f"generation.top_p={g.top_p}, generation.top_k={g.top_k}: training cannot use a "
+                          f"top-p/top-k cut (the policy's logprobs would not match the distribution that "
+                          f"sampled the rollouts); set generation.top_p=1.0 and generation.top_k=null, and "
+                          f"lower generation.temperature for sharper samples")
 
 
 # ----------------------------------------------------------------------------- loading

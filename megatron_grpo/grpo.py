@@ -1,7 +1,8 @@
 """GRPO math: group advantages, loss weights, the clipped policy-gradient loss, dynamic sampling.
 
 Pure tensor math: no I/O, nothing about models or parallelism. The formulas follow NeMo-RL's
-``GRPOAdvantageEstimator`` and ``ClippedPGLossFn``.
+``GRPOAdvantageEstimator`` and ``ClippedPGLossFn``: the same values and the same gradients, KL
+clamps, sequence-level denominator and truncated importance-sampling correction included.
 
 Batch layout: samples are ordered group-major. With ``G = group_size`` generations per prompt,
 group ``g`` is rows ``g*G .. g*G+G-1`` of every per-sample tensor.
@@ -24,6 +25,9 @@ from torch import Tensor
 ADVANTAGE_EPS = 1e-6
 KL_INPUT_CLAMP = 20.0
 KL_OUTPUT_CLAMP = 10.0
+
+# Keys of the metrics dict returned by truncated_importance_weights.
+IS_METRICS = ("is_weight_mean", "is_weight_max", "is_truncated_fraction")
 
 # Keys of the metrics dict returned by clipped_pg_loss, in order.
 LOSS_METRICS = (
@@ -123,10 +127,12 @@ def dynamic_sampling_keep(rewards: Tensor, group_size: int) -> Tensor:
 def loss_token_weights(loss_mask: Tensor, *, token_level: bool) -> Tensor:
     """Per-token weights [B, S] (float32) over the GLOBAL batch; 0 where ``loss_mask`` is 0.
 
-    token_level: w = mask / (total masked tokens)        -> sum(w * l) is the token mean.
-    else:        w = mask / (|o_i| * number of sequences) -> the mean of per-sequence means.
-    Only sequences with at least one loss token count as sequences. An all-zero mask gives
-    all-zero weights (loss 0) instead of a division by zero.
+    token_level: w = mask / (total masked tokens)   -> sum(w * l) is the token mean.
+    else:        w = mask / (|o_i| * B)             -> the mean of per-sequence means over ALL B rows.
+    Every row counts as a sequence, also one without loss tokens (it contributes 0), as the
+    reference divides by the number of samples: a batch whose other episodes have no trainable
+    token does not up-weight the rest. An all-zero mask gives all-zero weights (loss 0) instead of a
+    division by zero.
     """
     if loss_mask.dim() != 2:
         raise ValueError(f"loss_mask must be [B, S], got shape {tuple(loss_mask.shape)}")
@@ -135,22 +141,26 @@ def loss_token_weights(loss_mask: Tensor, *, token_level: bool) -> Tensor:
         total = mask.sum()
         return mask / total if total > 0 else torch.zeros_like(mask)
     lengths = mask.sum(dim=1, keepdim=True)  # [B, 1]
-    num_seqs = (lengths > 0).sum()
-    if num_seqs == 0:
-        return torch.zeros_like(mask)
-    return mask / (lengths.clamp(min=1.0) * num_seqs)
+    return mask / (lengths.clamp(min=1.0) * mask.shape[0])
 
 
 # ----------------------------------------------------------------------------- policy loss
 
 
-def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, kl_type: str = "k3") -> Tensor:
+def kl_estimate(
+    logprobs: Tensor, ref_logprobs: Tensor, kl_type: str = "k3", weights: Tensor | None = None
+) -> Tensor:
     """Per-token estimate of KL(pi || pi_ref) from sampled-token logprobs (Schulman's k1/k2/k3).
 
-    log r = clamp(ref - logprobs, +-20); k1 = -log r, k2 = (log r)^2 / 2, k3 = r - 1 - log r;
-    the estimate is clamped to +-10.
+    log r = clamp(ref - logprobs, +-20); k1 = -log r, k2 = (log r)^2 / 2, k3 = r - 1 - log r. Optional
+    per-token ``weights`` multiply the estimate; the product is then clamped to +-10. Where the input
+    clamp fires, the weight is detached, so a clamped token has no gradient at all (neither through
+    the estimate nor through the weight), as where the output clamp fires.
     """
-    logr = (ref_logprobs - logprobs).clamp(-KL_INPUT_CLAMP, KL_INPUT_CLAMP)
+    raw = ref_logprobs - logprobs
+    logr = raw.clamp(-KL_INPUT_CLAMP, KL_INPUT_CLAMP)
+    if weights is not None:
+        weights = torch.where(raw == logr, weights, weights.detach())
     if kl_type == "k1":
         kl = -logr
     elif kl_type == "k2":
@@ -159,7 +169,42 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, kl_type: str = "k3") -> 
         kl = logr.exp() - 1 - logr
     else:
         raise ValueError(f"loss_fn.reference_policy_kl_type must be k1, k2 or k3, got {kl_type!r}")
+    if weights is not None:
+        kl = weights * kl
     return kl.clamp(-KL_OUTPUT_CLAMP, KL_OUTPUT_CLAMP)
+
+
+def truncated_importance_weights(
+    old_logprobs: Tensor, gen_logprobs: Tensor, mask: Tensor, cap: float | None
+) -> tuple[Tensor, dict[str, float]]:
+    """Off-policy correction for generation/training numerics: w = min(pi_old / pi_gen, cap) per token.
+
+    old_logprobs (the trained policy's, before the update), gen_logprobs (the engine's, of the same
+    sampled tokens) and mask: [B, S]. Returns the weights [B, S] (float32, no gradient: they depend
+    on neither the current policy nor its parameters; 0 where ``mask`` is 0 or the ratio is not
+    finite) and their metrics over the masked tokens: ``is_weight_mean`` (after truncation),
+    ``is_weight_max`` (before truncation) and ``is_truncated_fraction`` (ratio > cap). ``cap=None``
+    truncates nothing.
+    """
+    if old_logprobs.shape != gen_logprobs.shape or old_logprobs.shape != mask.shape:
+        raise ValueError(f"old_logprobs {tuple(old_logprobs.shape)}, gen_logprobs {tuple(gen_logprobs.shape)} "
+                         f"and mask {tuple(mask.shape)} must have the same [B, S] shape")
+    if cap is not None and cap <= 0:
+        raise ValueError(f"loss_fn.truncated_importance_sampling_ratio must be > 0, got {cap}")
+    active = mask != 0
+    diff = torch.where(active, old_logprobs.double() - gen_logprobs.double(), 0.0)
+    ratio = torch.nan_to_num(diff.exp(), nan=0.0, posinf=0.0, neginf=0.0)
+    ratio = torch.where(active, ratio, 0.0)
+    weights = ratio if cap is None else ratio.clamp(max=cap)
+    n = int(active.sum())
+    metrics = dict.fromkeys(IS_METRICS, 0.0)
+    if n:
+        metrics = {
+            "is_weight_mean": float(weights[active].mean()),
+            "is_weight_max": float(ratio[active].max()),
+            "is_truncated_fraction": 0.0 if cap is None else float((ratio[active] > cap).sum()) / n,
+        }
+    return weights.float(), metrics
 
 
 def clipped_pg_loss(
@@ -174,17 +219,20 @@ def clipped_pg_loss(
     ref_logprobs: Tensor | None = None,
     kl_penalty: float = 0.0,
     kl_type: str = "k3",
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """One micro-batch's contribution ``sum(weights * l_t)`` to the global clipped-PG loss.
 
-    Shapes: logprobs, old_logprobs, weights, ref_logprobs: [b, S] (logprob of each sampled token);
-    advantages: [b] (one per sequence) or [b, S]. Per token, with rho = exp(logprobs - old_logprobs):
+    Shapes: logprobs, old_logprobs, weights, ref_logprobs, is_weights: [b, S] (logprob of each sampled
+    token); advantages: [b] (one per sequence) or [b, S]. Per token, with rho = exp(logprobs - old_logprobs):
         l_t = max(-A * rho, -A * clip(rho, 1 - ratio_clip_min, 1 + ratio_clip_max))
         dual clip (ratio_clip_c = c, A < 0): l_t = min(l_t, -c * A)
-        KL (kl_penalty = beta > 0): l_t += beta * exp(logprobs - sg(logprobs)) * k(logprobs, ref)
+        importance correction (is_weights = v, from :func:`truncated_importance_weights`): l_t *= v_t
+        KL (kl_penalty = beta > 0): l_t += beta * k(logprobs, ref, weights=exp(logprobs - sg(logprobs)))
     The exp(logprobs - sg(logprobs)) factor is 1 in value and turns the KL term into its
-    score-function gradient (as NeMo-RL does). Positions with weight 0 are ignored, even if their
-    logprobs are inf or nan.
+    score-function gradient; with the clamps of :func:`kl_estimate`, a token whose KL estimate is
+    clamped gets no gradient (as NeMo-RL does). The importance weights apply to the policy-gradient
+    term only. Positions with weight 0 are ignored, even if their logprobs are inf or nan.
 
     Metrics (python floats) are weighted the same way, so summed over micro-batches they are the
     global weighted means: loss, pg_loss, kl_penalty, clip_fraction (rho outside the clip range),
@@ -217,6 +265,10 @@ def clipped_pg_loss(
         bound = -adv * ratio_clip_c
         dual_clipped = (adv < 0) & (per_token > bound) & active
         per_token = torch.where(adv < 0, torch.minimum(per_token, bound), per_token)
+    if is_weights is not None:
+        if is_weights.shape != logprobs.shape:
+            raise ValueError(f"is_weights must be [b, S] = {tuple(logprobs.shape)}, got {tuple(is_weights.shape)}")
+        per_token = per_token * torch.where(active, is_weights.to(logprobs.dtype), 0.0).detach()
     pg_loss = (w * per_token).sum()
 
     kl_loss = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
@@ -225,8 +277,8 @@ def clipped_pg_loss(
             raise ValueError("loss_fn.reference_policy_kl_penalty != 0 needs ref_logprobs in the batch")
         safe_lp = torch.where(active, logprobs, 0.0)
         safe_ref = torch.where(active, ref_logprobs.to(logprobs.dtype), 0.0)
-        kl = kl_estimate(safe_lp, safe_ref, kl_type)
-        kl_loss = (w * kl_penalty * (safe_lp - safe_lp.detach()).exp() * kl).sum()
+        kl = kl_estimate(safe_lp, safe_ref, kl_type, weights=(safe_lp - safe_lp.detach()).exp())
+        kl_loss = (w * kl_penalty * kl).sum()
     loss = pg_loss + kl_loss
 
     with torch.no_grad():
@@ -251,11 +303,13 @@ def make_loss_fn(loss_cfg) -> LossFn:
     """The policy's loss callable: ``loss_fn(logprobs[b, S], micro_batch) -> (contribution, metrics)``.
 
     Reads micro_batch["old_logprobs"] [b, S], ["advantages"] [b], ["loss_weights"] [b, S] (from
-    :func:`loss_token_weights` over the global batch) and, when the KL penalty is on,
-    ["ref_logprobs"] [b, S]. ``loss_cfg`` is a :class:`megatron_grpo.config.LossConfig`.
+    :func:`loss_token_weights` over the global batch), when the KL penalty is on ["ref_logprobs"]
+    [b, S], and with ``use_importance_sampling_correction`` ["is_weights"] [b, S] (from
+    :func:`truncated_importance_weights`). ``loss_cfg`` is a :class:`megatron_grpo.config.LossConfig`.
     """
     kl_penalty = float(loss_cfg.reference_policy_kl_penalty)
     kl_type = loss_cfg.reference_policy_kl_type
+    use_is = bool(loss_cfg.use_importance_sampling_correction)
     if kl_type not in ("k1", "k2", "k3"):
         raise ValueError(f"loss_fn.reference_policy_kl_type must be k1, k2 or k3, got {kl_type!r}")
     if loss_cfg.ratio_clip_c is not None and loss_cfg.ratio_clip_c <= 1.0:
@@ -265,6 +319,8 @@ def make_loss_fn(loss_cfg) -> LossFn:
         missing = [k for k in ("old_logprobs", "advantages", "loss_weights") if k not in micro_batch]
         if kl_penalty != 0.0 and "ref_logprobs" not in micro_batch:
             missing.append("ref_logprobs")
+        if use_is and "is_weights" not in micro_batch:
+            missing.append("is_weights")
         if missing:
             raise KeyError(f"GRPO loss: micro-batch lacks {missing}; has {sorted(micro_batch)}")
         return clipped_pg_loss(
@@ -278,6 +334,7 @@ def make_loss_fn(loss_cfg) -> LossFn:
             ref_logprobs=micro_batch.get("ref_logprobs"),
             kl_penalty=kl_penalty,
             kl_type=kl_type,
+            is_weights=micro_batch["is_weights"] if use_is else None,
         )
 
     return loss_fn

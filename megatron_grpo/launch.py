@@ -6,6 +6,9 @@ per GPU, MASTER_ADDR/PORT from the first node, a Ray head on the first node and 
 other node for the environment actors), so the Ray command line, the port plan and the
 "every node joined" wait live here and both paths use them.
 
+Security: every Ray cluster started here uses token authentication with a fresh per-job token
+(environment/ray_auth.py) that reaches every node through the job's environment; see docs/launch.md.
+
 Port plan (all per job, so two jobs sharing a node do not collide; below the 9000 ephemeral floor
 that clusters commonly set): Ray GCS ``6379 + (job_id % 250) * 10`` and the next 7 ports for the
 client server, node manager, object manager, dashboard agent (http, grpc), runtime-env agent and
@@ -29,17 +32,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from environment import ray_auth
 from megatron_grpo.preemption import PREEMPT_EXIT_CODE, PREEMPT_FILE_ENV
 
 RAY_BASE_PORT = 6379
-# Environment for every Ray process we start and every driver that connects.
+# Environment for every Ray process we start and every driver that connects (besides the token,
+# which ray_auth puts in: RAY_AUTH_MODE=token, RAY_AUTH_TOKEN).
 RAY_ENV = {
-    "RAY_AUTH_MODE": "disabled",  # ray 2.60 otherwise writes a token into $HOME
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # job end: stop now, nothing to drain
     "RAY_worker_register_timeout_seconds": "120",  # many actors starting at once on a busy node
@@ -154,6 +158,7 @@ def wait_for_ray_nodes(address: str, expected: Sequence[str], timeout_s: float, 
         raise TimeoutError(f"Ray head {address} not reachable after {timeout_s:.0f} s: the head node "
                            f"{expected[0] if expected else '?'} did not start Ray (see its ray-head log)")
     os.environ.update(RAY_ENV)
+    ray_auth.use_token(_require_token(os.environ, "connect to the job's Ray"))
     import ray
 
     ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=False)
@@ -173,21 +178,34 @@ def wait_for_ray_nodes(address: str, expected: Sequence[str], timeout_s: float, 
         ray.shutdown()
 
 
+def _require_token(env: Mapping[str, str], what: str) -> str:
+    token = ray_auth.token_from_env(env)
+    if token is None:
+        raise RuntimeError(
+            f"cannot {what}: no Ray token in the environment (RAY_AUTH_MODE=token and RAY_AUTH_TOKEN); "
+            f"start jobs with slurm/grpo_*.sh or megatron_grpo.launch.submit, which create one per job"
+        )
+    return token
+
+
 class RayNode:
     """A ``ray start --block`` child process (submitit path: one per node, started by local rank 0).
 
-    The child ignores SIGUSR1 (the preemption warning is for the trainer, and SLURM sends it to
-    every process of the step); ``stop()`` sends SIGTERM, which makes ``ray start --block`` stop
-    every Ray process it started, then waits.
+    ``env`` (default os.environ) must carry the job's Ray token (ray_auth): a Ray node is never
+    started without authentication. The child ignores SIGUSR1 (the preemption warning is for the
+    trainer, and SLURM sends it to every process of the step); ``stop()`` sends SIGTERM, which makes
+    ``ray start --block`` stop every Ray process it started, then waits.
     """
 
-    def __init__(self, argv: list[str], log_path: Path | None = None) -> None:
+    def __init__(self, argv: list[str], log_path: Path | None = None, env: Mapping[str, str] | None = None) -> None:
         self.argv = argv
         self.log_path = log_path
+        self.env = env
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> RayNode:
-        env = dict(os.environ, **RAY_ENV)
+        env = dict(os.environ if self.env is None else self.env, **RAY_ENV)
+        ray_auth.apply_token(env, _require_token(env, "start a Ray node"))
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             self.argv, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -272,6 +290,11 @@ class GRPOTask:
         ray_node = None
         try:
             if spec.ray:
+                if ray_auth.token_from_env() is None and job.num_tasks == 1:
+                    ray_auth.use_token(ray_auth.new_token())  # cluster="debug": one task, nobody to share with
+                token = _require_token(os.environ, "start the job's Ray")
+                ray_auth.use_token(token)
+                ray_auth.apply_token(env, token)
                 port = default_ray_port(job.job_id)
                 env["RAY_ADDRESS"] = f"{head_ip}:{port}"
                 if job.local_rank == 0:
@@ -281,7 +304,7 @@ class GRPOTask:
                     argv = ray_start_argv(role, head_ip, port, hosts[job.node], num_cpus=spec.ray_num_cpus,
                                           temp_dir=f"/tmp/ray_mg_{job.job_id}" if role == "head" else None)
                     log = log_dir / f"ray-{role}-{hosts[job.node]}-{job.job_id}-r{restart}.log"
-                    ray_node = RayNode(argv, log).start()
+                    ray_node = RayNode(argv, log, env=env).start()
                 if job.global_rank == 0:
                     os.environ.update(RAY_ENV)
                     wait_for_ray_nodes(env["RAY_ADDRESS"], hosts, spec.ray_join_timeout_s)
@@ -353,6 +376,9 @@ def submit(
     ``ntasks_per_node=N`` runs N CPU (gloo) ranks. Preflight runs here first (on the submit host, no
     GPU held) and raises PreflightFailed listing each failure and its fix.
     Containers (pyxis): ``container_image`` / ``container_mounts`` become srun flags.
+    With ``ray``, the job's batch shell (or the local controller) creates the job's Ray token
+    (``ray_auth.SHELL_EXPORT_NEW_TOKEN``): it is in no file submitit writes, only in the job's
+    environment.
     """
     import submitit
 
@@ -399,7 +425,7 @@ def submit(
             nodes=nodes, slurm_partition=partition, slurm_srun_args=srun_args,
             slurm_additional_parameters=extra,
             # submitit's own handler must listen to the same signal as the trainer
-            slurm_setup=["export SUBMITIT_PREEMPT_SIGNAL=USR1"],
+            slurm_setup=["export SUBMITIT_PREEMPT_SIGNAL=USR1"] + ([ray_auth.SHELL_EXPORT_NEW_TOKEN] if ray else []),
         )
         if gpus_per_node > 0:
             params["gpus_per_node"] = gpus_per_node
@@ -407,8 +433,11 @@ def submit(
             params["slurm_account"] = account
         if cpus_per_task:
             params["cpus_per_task"] = cpus_per_task
-    elif cluster == "local" and gpus_per_node > 0:
-        params["gpus_per_node"] = gpus_per_node
+    elif cluster == "local":
+        if gpus_per_node > 0:
+            params["gpus_per_node"] = gpus_per_node
+        if ray:
+            params["local_setup"] = [ray_auth.SHELL_EXPORT_NEW_TOKEN]
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     return executor.submit(GRPOTask(spec))
 
@@ -438,7 +467,7 @@ def _cli(argv: list[str]) -> int:
         expected = [n for n in args.nodes.split(",") if n]
         try:
             alive = wait_for_ray_nodes(args.address, expected, args.timeout)
-        except TimeoutError as exc:
+        except (TimeoutError, RuntimeError) as exc:
             print(f"ray-wait: {exc}", file=sys.stderr)
             return 1
         print(f"ray-wait: {len(alive)} node(s) joined {args.address}: {', '.join(alive)}", flush=True)
@@ -451,6 +480,11 @@ def _cli(argv: list[str]) -> int:
     cmd = ray_start_argv(args.role, args.head_ip, args.port, args.node_name, temp_dir=args.temp_dir,
                          num_cpus=args.num_cpus, object_store_bytes=args.object_store_bytes)
     os.environ.update(RAY_ENV)
+    try:
+        ray_auth.use_token(_require_token(os.environ, "start a Ray node"))
+    except RuntimeError as exc:
+        print(f"ray-node: {exc}", file=sys.stderr)
+        return 2
     print(f"ray-node: {shlex.join(cmd)}", flush=True)
     os.execvp(cmd[0], cmd)
     return 1  # not reached

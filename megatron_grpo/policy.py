@@ -24,7 +24,11 @@ megatron sums.
 Batching: ``train_step`` is ONE optimizer step on exactly the batch it is given (the trainer cuts
 a rollout batch into ``policy.train_global_batch_size`` chunks if it wants several steps). Rows are
 right-padded; each micro-batch is trimmed to its own longest row (with PP: to the batch's longest,
-the p2p shapes being fixed); causal attention keeps padding out of the valid positions.
+the p2p shapes being fixed); causal attention keeps padding out of the valid positions. With
+``policy.shared_prefix`` (local spec), each run of ``group_size`` consecutive rows (a GRPO group)
+is one packed row ``[prefix | rest_1 .. rest_G]`` and one micro-batch (shared_prefix.py); groups
+stay whole on one DP rank and are split only past ``micro-batch rows x max_total_sequence_length``
+tokens; logprobs and loss inputs keep the per-row layout, so loss functions are unchanged.
 
 Precision: bf16 parameters with fp32 main weights/grads (Float16Module + megatron's mixed-precision
 optimizer) when CUDA is available and ``policy.precision == "bfloat16"``; fp32 everywhere on CPU.
@@ -167,6 +171,7 @@ class MegatronPolicy:
         self.optimizer, self.scheduler = optim.build_optimizer(cfg, self.ddp, params_dtype, train_iters)
         self._optimizer_offloaded = False
         self.tokens_processed = 0  # tokens (padding included) this rank fed the model in the last call
+        self._reference: list[torch.Tensor] | None = None  # keep_reference(): the KL reference weights (CPU)
 
     # ------------------------------------------------------------------ checks
 
@@ -517,6 +522,31 @@ class MegatronPolicy:
             self.optimizer.load_state_dict(state["optimizer"])
         optim.restore_torch_adam_steps(self.optimizer)
         self.scheduler.load_state_dict(state["opt_param_scheduler"])
+
+    # ------------------------------------------------------------------ reference policy (KL)
+
+    def keep_reference(self) -> None:
+        """Keep a CPU copy of this rank's current weights as the reference policy of the KL penalty
+        (call before any training or resume: the reference is the initial model)."""
+        self._reference = [p.detach().to("cpu", copy=True) for p in self.model.parameters()]
+
+    @torch.no_grad()
+    def reference_logprobs(self, input_ids: torch.Tensor, lengths: torch.Tensor, group_size: int = 1) -> torch.Tensor:
+        """:meth:`logprobs` under the weights kept by :meth:`keep_reference` (same temperature and
+        shapes). The reference weights are copied in for the pass and the trained ones copied back
+        exactly (no second model on the device; one extra host copy of the shard while it runs)."""
+        reference = self._reference
+        if reference is None:
+            raise RuntimeError("reference_logprobs needs keep_reference() first (loss_fn.reference_policy_kl_penalty)")
+        params = list(self.model.parameters())
+        trained = [p.detach().to("cpu", copy=True) for p in params]
+        try:
+            for p, r in zip(params, reference, strict=True):
+                p.copy_(r)
+            return self.logprobs(input_ids, lengths, group_size=group_size)
+        finally:
+            for p, t in zip(params, trained, strict=True):
+                p.copy_(t)
 
     def offload_optimizer(self) -> None:
         """Move optimizer state (Adam moments; bf16 runs: fp32 main weights) to CPU to free GPU memory

@@ -11,9 +11,10 @@ host (or the first node, before the ranks start) and prints what to change.
 Checks (each ``ok``, ``FAIL`` or ``skip`` with the reason): layout (TP x PP divides N x G),
 model (heads / query groups by TP, layers by PP; read from ``config.json`` of a local model folder
 or the Hugging Face cache for a hub id), batch (samples per step and train_global_batch_size over
-DP x micro batch), memory (params + grads + Adam states + activations + generation KV cache vs
-the GPU), data (train/validation files), sandbox (the environment's CSV folder), ray (TCP connect
-to RAY_ADDRESS / cluster.ray_address), wandb (API key or offline). Exit code 0 when nothing
+DP x micro batch), sampling (a temperature > 0 and no top-p/top-k cut for training), memory
+(params + grads + Adam states + activations + generation KV cache vs the GPU), data (train/validation
+files), sandbox (the environment's CSV folder), ray (TCP connect to RAY_ADDRESS /
+cluster.ray_address), wandb (API key or offline). Exit code 0 when nothing
 failed, 1 otherwise, 2 on a bad command line or config.
 """
 
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from megatron_grpo.config import Config, ConfigError, load_config
+from megatron_grpo.config import Config, ConfigError, check_training_sampling, load_config
 
 GB = 1024**3
 
@@ -229,6 +230,15 @@ def check_batch(cfg: Config, dp: int) -> list[Check]:
     return checks
 
 
+def check_sampling(cfg: Config) -> Check:
+    """Training samples from a distribution the policy can score (generation.temperature/top_p/top_k)."""
+    try:
+        check_training_sampling(cfg)
+    except ConfigError as exc:
+        return Check("sampling", "fail", str(exc).split(";")[0], str(exc).split(";", 1)[-1].strip())
+    return Check("sampling", "ok", f"softmax(logits / {cfg.generation.temperature:g}) for rollouts and the loss")
+
+
 def estimate_memory(
     cfg: Config, shape: ModelShape, tp: int, pp: int, dp: int, device: str, gpu_memory_gb: float
 ) -> dict[str, float]:
@@ -261,11 +271,14 @@ def estimate_memory(
     else:
         acts = shape.num_layers * s * b * h * (34 / t if p.sequence_parallel else 10 + 24 / t) * scale
     logits = 2 * s * b * shape.vocab_size / t * 4
-    backend = cfg.generation.backend
-    if backend == "auto":
-        backend = "vllm" if device == "cuda" else "hf"
+    from megatron_grpo.generation import choose_backend
+
+    # the runtime's rule, for a cluster where vLLM is installed
+    backend, _ = choose_backend(cfg.generation.backend, device == "cuda", has_vllm=True)
     if backend == "vllm":
-        kv = cfg.generation.gpu_memory_utilization * gpu_memory_gb * GB
+        # the engine takes its fraction of what the policy left free when it was built
+        policy_static = weights + grads + optim
+        kv = cfg.generation.gpu_memory_utilization * max(0.0, gpu_memory_gb * GB - policy_static)
         gen_static = weights + (0 if p.optimizer.offload_during_generation else grads + optim)
     else:
         rollouts = cfg.grpo.num_prompts_per_step * cfg.grpo.num_generations_per_prompt / dp
@@ -434,6 +447,7 @@ def run_checks(
         checks += check_batch(cfg, dp)
     else:
         checks.append(Check("batch", "skip", "not checked: the layout is invalid"))
+    checks.append(check_sampling(cfg))
     mem, est = check_memory(cfg, shape, tp, pp, dp, device, gpu_memory_gb)
     checks.append(mem)
     checks += check_data(cfg)

@@ -7,6 +7,13 @@ policy streams its weights as Hugging Face-named full tensors in size-bounded bu
 the engine's logprobs of the sampled tokens with the policy's logprobs of the same tokens:
 ``gen_train_logprob_error`` (:func:`logprob_mismatch`) must stay near 0.
 
+One path for every caller (the trainer after each optimizer step and on resume, the tests, the
+refit benchmark): :func:`refit`. Whether an engine needs one comes from the engine itself: an
+engine with ``shares_policy_weights`` (the megatron engine decodes with the policy's own model)
+gets nothing. The stream is collective (gathers over TP, broadcasts over PP), so a rank that holds
+no engine (the hf engine runs on one rank per replica) drains it; engines that share the policy's
+weights run on every rank, so no rank drains alone.
+
 Order for co-located engines (NeMo-RL #191: waking everything before the refit runs out of
 memory): the engine wakes only its weight memory inside ``load_weights`` (vLLM:
 ``wake_up(tags=["weights"])``), the tensors are copied, then :func:`refit` calls ``engine.wake()`` to
@@ -41,9 +48,14 @@ class RefitStats:
         }
 
 
-def refit(policy_stream: Iterable[Bucket], engine: GenerationEngine) -> RefitStats:
-    """Load every bucket of ``policy_stream`` into ``engine``, then wake the engine fully."""
+def refit(policy_stream: Iterable[Bucket], engine: GenerationEngine | None) -> RefitStats:
+    """Load every bucket of ``policy_stream`` into ``engine``, then wake the engine fully.
+
+    ``engine=None`` (this rank generates nothing) drains the stream; an engine that shares the
+    policy's weights is left alone and the stream is never started (zero stats)."""
     stats = RefitStats(0.0, 0, 0, 0)
+    if engine is not None and getattr(engine, "shares_policy_weights", False):
+        return stats
 
     def counted() -> Iterator[Bucket]:
         for bucket in policy_stream:
@@ -53,8 +65,12 @@ def refit(policy_stream: Iterable[Bucket], engine: GenerationEngine) -> RefitSta
             yield bucket
 
     started = time.perf_counter()
-    engine.load_weights(counted())
-    engine.wake()
+    if engine is None:
+        for _ in counted():
+            pass
+    else:
+        engine.load_weights(counted())
+        engine.wake()
     stats.seconds = time.perf_counter() - started
     return stats
 

@@ -14,10 +14,11 @@ Pieces (the policy wires them in; the model is unchanged):
   attention        the core attention of a packed row, called by ``models.qwen3.SDPAttention`` when
                    its ``attention_mask`` is a layout descriptor (an int64 vector, see ``Pack``):
                    the prefix attends causally to itself; each rest attends to [prefix K/V ; own
-                   K/V] with a bottom-right causal mask. No (prefix + G x rest)^2 mask exists.
-                   Memory: per layer, each rest's [prefix ; own] K/V copy (G x (P + r) x 2 x
-                   kv_dim, kept for backward) and its [r, P + r] bool mask; every other activation
-                   of the prefix is stored once.
+                   K/V] with a bottom-right causal mask (torch's ``causal_lower_right``: the
+                   flash kernel on GPU, an [r, P + r] bool mask on CPU). No (prefix + G x rest)^2
+                   mask exists. Memory: per layer, each rest's [prefix ; own] K/V copy
+                   (G x (P + r) x 2 x kv_dim, kept for backward); every other activation of the
+                   prefix is stored once.
   rope positions   a forward hook on the model's ``rotary_pos_emb`` gathers the table at the packed
                    positions while ``packed_forward`` runs, so RoPE gets each token's true position
                    (megatron's GPTModel derives RoPE from the sequence length, not position_ids).
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 _state = threading.local()
 
@@ -169,6 +171,7 @@ def build_pack(input_ids: torch.Tensor, lengths: torch.Tensor, rows: list[int], 
 
 
 def pack_tokens(input_ids: torch.Tensor, lengths: torch.Tensor, rows: list[int]) -> int:
+    """Tokens of the packed row of ``rows`` before padding (prefix once + every rest)."""
     p = common_prefix_len(input_ids, lengths, rows)
     return p + sum(int(lengths[r]) - p for r in rows)
 
@@ -203,8 +206,9 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layou
         if p:
             kk = torch.cat([k[:, :, :p], k[:, :, start:end]], dim=2)
             vv = torch.cat([v[:, :, :p], v[:, :, start:end]], dim=2)
-            mask = torch.ones(r, p + r, dtype=torch.bool, device=q.device).tril(diagonal=p)
-            outs.append(sdpa(q[:, :, start:end], kk, vv, attn_mask=mask))
+            # bottom-right aligned causal: row j sees keys [0, p + j]; flash kernel on GPU, a
+            # materialised [r, p + r] bool mask elsewhere
+            outs.append(sdpa(q[:, :, start:end], kk, vv, attn_mask=causal_lower_right(r, p + r)))
         else:
             outs.append(sdpa(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], is_causal=True))
         start = end
@@ -261,7 +265,7 @@ def token_logprobs(logits: torch.Tensor, pack: Pack, temperature: float = 1.0) -
     extra = torch.zeros(n_rows, dtype=torch.float32, device=dev)
     if p >= 1:
         firsts = ids[torch.tensor(pack.layout.tolist()[:n_rows], device=dev)]  # each rest's first token
-        x = logits[:, p - 1 : p].float().expand(1, n_rows, logits.shape[-1]).contiguous()
+        x = logits[:, p - 1 : p].float().repeat(1, n_rows, 1)  # a copy: the CE below works in place
         if temperature != 1.0:
             x = x / temperature
         extra = -tensor_parallel.vocab_parallel_cross_entropy(x, firsts[None])[0]

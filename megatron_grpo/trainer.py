@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from megatron_grpo import grpo
-from megatron_grpo.config import Config, ConfigError, load_config, to_dict
+from megatron_grpo.config import Config, ConfigError, check_training_sampling, load_config, to_dict
 
 log = logging.getLogger("megatron_grpo.trainer")
 
@@ -72,7 +72,6 @@ class Run:
     renderer: Any
     tokenizer: Any
     spmd_engine: bool
-    engine_shares_weights: bool  # the megatron engine decodes with the policy's own model: no refit
     train_samples: list[dict]
     val_samples: list[dict]
     sampler: Any
@@ -140,6 +139,8 @@ def setup(cfg: Config, teardown: ExitStack | None = None) -> Run:
     torch.manual_seed(cfg.grpo.seed + layout.rank)
     # old and new logprobs under the rollouts' sampling distribution, softmax(logits / T) (generation/base.py)
     policy = MegatronPolicy(p, layout, model_dir, temperature=cfg.generation.temperature, train_iters=total_steps)
+    if cfg.loss_fn.reference_policy_kl_penalty:
+        policy.keep_reference()  # the initial model, before any resume
     backend = resolve_backend(cfg.generation)
     spmd_engine = backend in SPMD_BACKENDS
     engine = env = None
@@ -150,23 +151,8 @@ def setup(cfg: Config, teardown: ExitStack | None = None) -> Run:
     sampler = PromptSampler(train_samples, cfg.grpo.num_prompts_per_step, seed=cfg.grpo.seed,
                             shuffle=cfg.data.shuffle)
     return Run(cfg, layout, policy, engine, env, ChatRenderer(tokenizer), tokenizer, spmd_engine,
-               backend == "megatron", train_samples, val_samples, sampler, total_steps, model_dir,
+               train_samples, val_samples, sampler, total_steps, model_dir,
                Path(cfg.checkpointing.checkpoint_dir).parent)
-
-
-def check_training_sampling(cfg: Config) -> None:
-    """Training samples must come from a distribution the policy can score: softmax(logits / T) with
-    T = generation.temperature > 0 and no top-k/top-p cut (generation/base.py, logprob convention)."""
-    g = cfg.generation
-    if g.temperature <= 0:
-        raise ConfigError(f"generation.temperature={g.temperature}: GRPO training samples need a temperature "
-                          f"> 0 (greedy rollouts give identical samples per group); use "
-                          f"generation.val_temperature=0 for greedy validation only")
-    if g.top_p < 1.0 or (g.top_k is not None and g.top_k > 0):
-        raise ConfigError(f"generation.top_p={g.top_p}, generation.top_k={g.top_k}: training cannot use a "
-                          f"top-p/top-k cut (the policy's logprobs would not match the distribution that "
-                          f"sampled the rollouts); set generation.top_p=1.0 and generation.top_k=null, and "
-                          f"lower generation.temperature for sharper samples")
 
 
 def sampling_params(cfg: Config, *, temperature: float | None = None, seed: int | None = None):
@@ -186,9 +172,12 @@ def rollout(run: Run, samples: Sequence[dict], *, temperature: float | None = No
             seed: int | None = None) -> tuple[list, dict[str, float]]:
     """Episodes for ``samples`` (in order) on every rank, plus the rollout timing split."""
     from megatron_grpo.rollout.agent_loop import run_episodes
-    from megatron_grpo.rollout.spmd import gather_rollouts
+    from megatron_grpo.rollout.spmd import gather_rollouts, replica_seed
 
-    params = sampling_params(run.cfg, temperature=temperature, seed=seed)
+    # each data-parallel replica samples its own share: its own seed, or a GRPO group split across
+    # replicas would get the same samples twice
+    params = sampling_params(run.cfg, temperature=temperature,
+                             seed=None if seed is None else replica_seed(seed, run.layout.dp_rank))
 
     def run_here(mine: Sequence[dict]):
         return run_episodes(run.engine, run.env, run.renderer, mine, params,
@@ -245,8 +234,10 @@ def collect_rollouts(run: Run, step: int) -> Rollouts:
     return Rollouts(episodes, batch, rewards, timing, dropped, kept[: len(episodes)])
 
 
-def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_fn) -> dict[str, float]:
-    """Optimizer steps over the step's samples in chunks of ``policy.train_global_batch_size``."""
+def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_fn,
+                      ref_logprobs: torch.Tensor | None = None) -> dict[str, float]:
+    """Optimizer steps over the step's samples in chunks of ``policy.train_global_batch_size``
+    (``ref_logprobs``: the reference policy's, when the KL penalty is on)."""
     g = run.cfg.grpo
     advantages = grpo.compute_advantages(ro.rewards, g.num_generations_per_prompt,
                                          leave_one_out=g.use_leave_one_out_baseline,
@@ -254,6 +245,11 @@ def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_f
     gbs = run.cfg.policy.train_global_batch_size
     group = math.gcd(g.num_generations_per_prompt, gbs)  # rows of one prompt within one chunk
     n = ro.rewards.numel()
+    lc = run.cfg.loss_fn
+    is_weights, is_metrics = None, {}
+    if lc.use_importance_sampling_correction:
+        is_weights, is_metrics = grpo.truncated_importance_weights(
+            old_logprobs, ro.batch["gen_logprobs"], ro.batch["loss_mask"], lc.truncated_importance_sampling_ratio)
     results: list[dict[str, float]] = []
     for lo in range(0, n, gbs):
         sl = slice(lo, lo + gbs)
@@ -263,10 +259,15 @@ def train_on_rollouts(run: Run, ro: Rollouts, old_logprobs: torch.Tensor, loss_f
             "lengths": ro.batch["lengths"][sl],
             "old_logprobs": old_logprobs[sl],
             "advantages": advantages[sl],
-            "loss_weights": grpo.loss_token_weights(mask, token_level=run.cfg.loss_fn.token_level_loss),
+            "loss_weights": grpo.loss_token_weights(mask, token_level=lc.token_level_loss),
         }
+        if is_weights is not None:
+            batch["is_weights"] = is_weights[sl]
+        if ref_logprobs is not None:
+            batch["ref_logprobs"] = ref_logprobs[sl]
         results.append(run.policy.train_step(batch, loss_fn, group_size=group))
     out = {key: sum(r[key] for r in results) / len(results) for key in results[0]}
+    out.update(is_metrics)
     out["advantage_mean"] = float(advantages.mean())
     return out
 
@@ -330,17 +331,12 @@ def step_metrics(run: Run, ro: Rollouts, train: dict[str, float], timer: PhaseTi
     return out
 
 
-def refit(run: Run) -> None:
-    """Stream the policy's HF-named weights into the engine. The stream is collective (gathers over
-    TP/PP), so ranks without an engine drain it too; the megatron engine needs no refit at all."""
-    if run.engine_shares_weights:
-        return
-    stream = run.policy.weight_stream(run.cfg.generation.refit_bucket_mb << 20)
-    if run.engine is not None:
-        run.engine.load_weights(stream)
-    else:
-        for _ in stream:
-            pass
+def refit_engine(run: Run) -> dict[str, float]:
+    """The policy's weights into this rank's engine (``refit.refit``: the one refit path); its metrics."""
+    from megatron_grpo.refit import refit
+
+    stats = refit(run.policy.weight_stream(int(run.cfg.generation.refit_bucket_mb * 2**20)), run.engine)
+    return stats.as_metrics()
 
 
 def save(run: Run, step: int, metrics: dict[str, float]) -> Path:
@@ -364,7 +360,7 @@ def resume(run: Run) -> int:
         return 0
     info = load_checkpoint(path, run.policy)
     run.sampler.load_state_dict(info["data_state"])
-    refit(run)  # the engine must generate with the restored weights
+    refit_engine(run)  # the engine must generate with the restored weights
     log.info("resumed from %s at step %d", path, info["step"])
     return int(info["step"])
 
@@ -399,12 +395,18 @@ def train(cfg: Config) -> dict[str, float]:
                 with timer("logprobs"):
                     old_logprobs = run.policy.logprobs(ro.batch["input_ids"], ro.batch["lengths"],
                                                        group_size=cfg.grpo.num_generations_per_prompt)
+                ref_logprobs = None
+                if cfg.loss_fn.reference_policy_kl_penalty:
+                    with timer("ref_logprobs"):
+                        ref_logprobs = run.policy.reference_logprobs(
+                            ro.batch["input_ids"], ro.batch["lengths"], group_size=cfg.grpo.num_generations_per_prompt)
                 mismatch = logprob_mismatch(ro.batch["gen_logprobs"], old_logprobs, ro.batch["loss_mask"])
                 with timer("train"):
-                    train_out = train_on_rollouts(run, ro, old_logprobs, loss_fn)
+                    train_out = train_on_rollouts(run, ro, old_logprobs, loss_fn, ref_logprobs)
                 with timer("refit"):
-                    refit(run)
+                    refit_metrics = refit_engine(run)
                 last = step_metrics(run, ro, train_out, timer, mismatch)
+                last.update(refit_metrics)
                 is_last = step == run.total_steps
                 if cfg.grpo.val_period > 0 and (step % cfg.grpo.val_period == 0 or is_last):
                     with timer("validation"):

@@ -3,7 +3,8 @@
 #
 # What a job does, in order (each step's failure ends the whole job, with the reason in the log):
 #   1. `megatron-grpo preflight` for this allocation (layout, batch math, memory, data, sandbox, ...)
-#   2. a Ray head on the first node and one Ray worker on every other node (environment actors);
+#   2. a Ray head on the first node and one Ray worker on every other node (environment actors),
+#      with token authentication (a fresh token per job, in the job's environment only);
 #      waits until every node joined, else names the missing node(s) and stops
 #   3. one trainer rank per GPU: `srun --kill-on-bad-exit=1 ... megatron-grpo train --config CFG ...`
 #      with RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT / RAY_ADDRESS set
@@ -25,7 +26,8 @@
 #   NTASKS_PER_NODE     ranks per node (default sbatch --ntasks-per-node, else GPUS_PER_NODE)
 #   MEGATRON_GRPO_DEVICE cuda | cpu (default cuda when GPUS_PER_NODE > 0)
 #   PREFLIGHT=0         skip step 1;  GPU_MEMORY_GB  memory per GPU for the preflight estimate (80)
-#   RAY=0               skip step 2 (no environment actors on Ray)
+#   RAY=0               skip step 2 (no environment actors on Ray; a RAY_ADDRESS of yours is used
+#                       with your own Ray settings)
 #   RAY_PORT            Ray GCS port (default 6379 + (job id % 250) * 10; uses RAY_PORT..RAY_PORT+7)
 #   RAY_HEAD_IP         address the workers and ranks use for the head (default: the first node's IP)
 #   RAY_JOIN_TIMEOUT_S  deadline for all nodes to join (600); RAY_NUM_CPUS  CPUs Ray offers per node
@@ -146,8 +148,15 @@ grpo_run_job() {
     # ---------------------------------------------------------------- 2. Ray cluster
     export MASTER_ADDR=${MASTER_ADDR:-$HEAD_NODE}
     export MASTER_PORT=${MASTER_PORT:-$((15000 + JOB_ID % 20000))}
-    export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled} RAY_USAGE_STATS_ENABLED=0
+    export RAY_USAGE_STATS_ENABLED=0
     if [ "${RAY:-1}" != 0 ]; then
+        # The job's Ray authenticates every client with a token made here, per job (and per requeue),
+        # from the kernel's CSPRNG. It reaches the Ray nodes and the ranks only through the job's
+        # environment (srun passes it on): never printed, never in a file. RAY=0 + your own
+        # RAY_ADDRESS: your Ray settings are left as they are.
+        RAY_AUTH_TOKEN=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+        export RAY_AUTH_MODE=token RAY_AUTH_TOKEN
+        unset RAY_AUTH_TOKEN_PATH
         export RAY_PORT=${RAY_PORT:-$((6379 + (JOB_ID % 250) * 10))}
         export RAY_HEAD_IP=${RAY_HEAD_IP:-$(getent ahostsv4 "$HEAD_NODE" | awk 'NR==1{print $1}')}
         [ -n "$RAY_HEAD_IP" ] || RAY_HEAD_IP=$(hostname -I | awk '{print $1}')

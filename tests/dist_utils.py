@@ -17,11 +17,13 @@ Usage (the function must be defined at module top level, it is pickled by name):
 A failure on any rank raises ``DistributedTestError`` carrying that rank's traceback; the other
 ranks (which may be stuck in a collective) are killed at once. Children are forked by default
 (fast: megatron is already imported); set MEGATRON_GRPO_TEST_START=spawn to use fresh
-interpreters instead. Each child runs torch with one thread (CI has 2 cores).
+interpreters instead (a test whose child uses Ray must spawn: a child forked from a process that
+already ran Ray can hang in its gRPC threads). Each child runs torch with one thread (CI has 2 cores).
 """
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing as mp
 import os
 import pickle
@@ -42,7 +44,12 @@ def free_port() -> int:
     return free()
 
 
-def _child(fn: Callable, rank: int, world_size: int, port: int, results, args, kwargs, cpu_only: bool) -> None:
+def _child(
+    fn: Callable, rank: int, world_size: int, port: int, results, args, kwargs, cpu_only: bool, timeout_s: float
+) -> None:
+    # A child still running near the parent's deadline prints every thread's stack to stderr (pytest
+    # shows it with the failure), so that a hang says where it is.
+    faulthandler.dump_traceback_later(max(1.0, timeout_s - 10.0), exit=False)
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
@@ -100,7 +107,7 @@ def run_distributed(
     results = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_child, args=(fn, rank, world_size, port, results, args, kwargs, cpu_only),
+        ctx.Process(target=_child, args=(fn, rank, world_size, port, results, args, kwargs, cpu_only, timeout_s),
                     daemon=False)
         for rank in range(world_size)
     ]

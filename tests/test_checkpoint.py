@@ -1,11 +1,15 @@
-"""Checkpoints: retention rule (pure and on disk), save/load/resume on gloo, kill -9 during a save."""
+"""Checkpoints: retention rule (pure and on disk), save/load/resume on gloo, kill -9 during a save,
+loading runs no code from a checkpoint."""
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import multiprocessing as mp
 import os
+import pickle
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -19,13 +23,16 @@ from hypothesis import strategies as st
 from megatron_grpo.checkpoint import (
     CheckpointError,
     apply_retention,
+    check_dist_checkpoint,
     checkpoints_to_keep,
     find_resume_checkpoint,
     list_checkpoints,
     resolve_resume,
+    safe_torch_load,
 )
 
 VOCAB = 80
+REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------- retention, pure
@@ -122,6 +129,69 @@ def test_apply_retention_and_resume_on_disk(tmp_path):
     with pytest.raises(CheckpointError, match="not a complete checkpoint folder"):
         resolve_resume(str(tmp_path / "step_16"), tmp_path)
     assert find_resume_checkpoint(tmp_path / "nowhere") is None
+
+
+# ---------------------------------------------------------------------- loading runs no code
+
+
+class _RunsCode:
+    """Pickles as a call of ``open(marker, "w")``: unpickling it creates the marker file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _plant_rng_payload(step_dir: Path, marker: Path) -> Path:
+    rng = step_dir / "rng" / "rank_0.pt"
+    rng.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"python": _RunsCode(str(marker)), "torch": torch.get_rng_state()}, rng)
+    return rng
+
+
+def test_rng_file_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "code_ran"
+    rng = _plant_rng_payload(tmp_path / "step_1", marker)
+    with pytest.raises(CheckpointError) as exc:
+        safe_torch_load(rng)
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith(f"{rng}: refused to load") and "io.open" in msg
+    assert f"delete {rng.parent}" in msg
+    assert not marker.exists()
+    torch.load(rng, weights_only=False)  # control: the payload is live
+    assert marker.exists()
+
+
+def test_dist_checkpoint_index_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "code_ran"
+    model_optim = tmp_path / "step_1" / "model_optim"
+    model_optim.mkdir(parents=True)
+    (model_optim / ".metadata").write_bytes(pickle.dumps(_RunsCode(str(marker))))
+    with pytest.raises(CheckpointError, match=r"\.metadata: refused to load: .*io\.open") as exc:
+        check_dist_checkpoint(model_optim)
+    assert "\n" not in str(exc.value) and not marker.exists()
+    (model_optim / ".metadata").unlink()
+    torch.save({"x": _RunsCode(str(marker))}, model_optim / "common.pt")
+    with pytest.raises(CheckpointError, match=r"common\.pt: refused to load"):
+        check_dist_checkpoint(model_optim)
+    assert not marker.exists()
+
+
+def test_every_torch_load_is_weights_only():
+    """No torch.load in the project may unpickle arbitrary objects."""
+    offenders = []
+    for path in sorted(p for top in ("megatron_grpo", "environment", "tools", "tests", "bench")
+                       for p in (REPO / top).glob("**/*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+                ok = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                         for k in node.keywords)
+                if not ok and not (path.name == "test_checkpoint.py" and "weights_only=False" in ast.unparse(node)):
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert offenders == []
 
 
 # ---------------------------------------------------------------------- save / load / resume
@@ -247,6 +317,8 @@ def test_save_load_resume_dp2_distributed_optimizer(hf_dir, tmp_path):
     assert _max_diff(other["weights2"], results[0]["weights2"]) < 1e-6
     assert "saved with TP=2 PP=1 but this run has TP=1 PP=1" in other["tp_error"]
     assert "policy.tensor_model_parallel_size" in other["tp_error"]
+    assert "rank_0.pt: refused to load" in other["rng_error"] and "\n" not in other["rng_error"]
+    assert not other["code_ran"] and other["untouched"] == 0.0
     assert _max_diff(other["exported_tp2"], tp2[0]["weights"]) == 0.0  # TP=2 weights, exported at TP=1
 
 
@@ -282,10 +354,22 @@ def _resume_at_dp1(hf_dir: str, step_dir: str, fake_dir: str, tp2_dir: str) -> d
         tp_error = ""
     except CheckpointError as exc:
         tp_error = str(exc)
+    # a copy of the checkpoint whose RNG file would run code: refused before anything is loaded
+    evil = Path(fake_dir + "_evil")
+    shutil.copytree(step_dir, evil)
+    marker = Path(fake_dir + "_code_ran")
+    _plant_rng_payload(evil, marker)
+    before = _weights(policy)
+    try:
+        load_checkpoint(evil, policy)
+        rng_error = ""
+    except CheckpointError as exc:
+        rng_error = str(exc)
     model, _ = build_model_for_export(tp2_dir)
     exported = {n: t.clone() for bucket in iter_hf_weights(model, 1 << 16) for n, t in bucket}
     return {"step": info["step"], "rng_restored": info["rng_restored"], "loss": metrics["loss"],
-            "weights2": _weights(policy), "tp_error": tp_error, "exported_tp2": exported}
+            "weights2": _weights(policy), "tp_error": tp_error, "exported_tp2": exported,
+            "rng_error": rng_error, "code_ran": marker.exists(), "untouched": _max_diff(_weights(policy), before)}
 
 
 # ---------------------------------------------------------------------- kill -9 during a save
@@ -320,7 +404,7 @@ def _verify_after_kill(hf_dir: str, ckpt_dir: str, expected: str) -> dict:
     policy = MegatronPolicy(_config(distopt=False), layout, hf_dir)
     resume = find_resume_checkpoint(ckpt_dir)
     info = load_checkpoint(resume, policy)
-    diff = _max_diff(_weights(policy), torch.load(expected))
+    diff = _max_diff(_weights(policy), torch.load(expected, weights_only=True))
     save_checkpoint(policy, ckpt_dir, 3)  # the next save clears the killed save's leftovers
     return {"resume": str(resume), "step": info["step"], "diff": diff, "after": sorted(os.listdir(ckpt_dir))}
 

@@ -51,6 +51,7 @@ def test_seed_recipe():
     assert (ck.enabled, ck.keep_top_k, ck.metric_name, ck.higher_is_better) == (True, 3, "val:accuracy", True)
     assert (cfg.cluster.num_nodes, cfg.cluster.gpus_per_node) == (8, 8)
     assert cfg.policy.optimizer.lr == 1.0e-6 and cfg.grpo.seed == 42
+    assert cfg.policy.shared_prefix and cfg.policy.transformer_impl == "local"  # exact, fewer tokens
 
 
 def test_one_node_quick_check():

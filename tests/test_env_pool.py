@@ -80,3 +80,17 @@ def test_ray_pool_matches_local_and_survives_killed_actors(local_ray):
             pool.step([ids[0]], [[search(0)]])
     finally:
         pool.shutdown()
+
+
+def test_local_ray_refuses_clients_without_its_token(local_ray):
+    """The local Ray that ensure_ray starts authenticates: no token or a wrong one is refused."""
+    from ray_probe import gcs_answer
+
+    from environment.ray_auth import new_token, token_from_env
+
+    address = ray.get_runtime_context().gcs_address
+    token = token_from_env()
+    assert token is not None and len(token) == 64
+    assert gcs_answer(address, None) == "UNAUTHENTICATED"
+    assert gcs_answer(address, new_token()) == "UNAUTHENTICATED"
+    assert gcs_answer(address, token) == "OK"

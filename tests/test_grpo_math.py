@@ -12,10 +12,12 @@ from megatron_grpo.grpo import (
     clipped_pg_loss,
     compute_advantages,
     dynamic_sampling_keep,
+    kl_estimate,
     loss_token_weights,
     make_loss_fn,
     steps_per_epoch,
     total_train_steps,
+    truncated_importance_weights,
 )
 
 EPS = 1e-6
@@ -114,8 +116,9 @@ def test_token_and_sequence_weights():
     mask = torch.tensor([[1, 1, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]])
     tok = loss_token_weights(mask, token_level=True)
     assert tok.tolist() == [[0.25, 0.25, 0.25, 0], [0, 0.25, 0, 0], [0, 0, 0, 0]]
-    seq = loss_token_weights(mask, token_level=False)  # two non-empty sequences: 1/(3*2), 1/(1*2)
-    want = torch.tensor([[1 / 6, 1 / 6, 1 / 6, 0], [0, 0.5, 0, 0], [0, 0, 0, 0]])
+    # every row is a sequence, the empty third one too (it adds 0): 1/(3*3), 1/(1*3)
+    seq = loss_token_weights(mask, token_level=False)
+    want = torch.tensor([[1 / 9, 1 / 9, 1 / 9, 0], [0, 1 / 3, 0, 0], [0, 0, 0, 0]])
     assert torch.allclose(seq, want)
     assert torch.equal(loss_token_weights(torch.zeros(2, 3), token_level=True), torch.zeros(2, 3))
     assert torch.equal(loss_token_weights(torch.zeros(2, 3), token_level=False), torch.zeros(2, 3))
@@ -212,7 +215,7 @@ def loop_loss(lp, old, adv, mask, token_level, lo, hi, c=None, ref=None, beta=0.
         total += sum(terms)
         if terms:
             per_seq.append(sum(terms) / len(terms))
-    return total / total_tokens if token_level else sum(per_seq) / len(per_seq)
+    return total / total_tokens if token_level else sum(per_seq) / lp.shape[0]  # every row counts
 
 
 @pytest.mark.parametrize("token_level", [True, False])
@@ -250,6 +253,86 @@ def test_k3_kl_value_and_gradient():
     k3 = logr.exp() - 1 - logr
     want_kl_grad = beta * w * (k3 + 1 - logr.exp())
     assert torch.allclose(lp.grad - lp2.grad, want_kl_grad, atol=1e-6)
+
+
+# Three tokens (beta = 1, weight 1 each, advantage 0 so only the KL term counts):
+#   A: lp=-1,  ref=-2 -> log r = -1: no clamp.
+#   B: lp=-30, ref=-1 -> log r = 29: the input clamp (20) fires -> the estimate saturates, no gradient.
+#   C: lp=-5,  ref=-1 -> log r = 4: k3 = e^4 - 5 = 49.6 > 10, the output clamp fires -> no gradient.
+# d/dlp of exp(lp - sg(lp)) * k = k + dk/dlp, with dk1/dlp = 1, dk2/dlp = -log r, dk3/dlp = 1 - e^{log r}.
+KL_LP = [-1.0, -30.0, -5.0]
+KL_REF = [-2.0, -1.0, -1.0]
+KL_HAND = {  # kl_type: (values, gradients)
+    "k1": ([1.0, -10.0, -4.0], [2.0, 0.0, -3.0]),
+    "k2": ([0.5, 10.0, 8.0], [1.5, 0.0, 4.0]),
+    "k3": ([math.exp(-1), 10.0, 10.0], [1.0, 0.0, 0.0]),
+}
+
+
+@pytest.mark.parametrize("kl_type", ["k1", "k2", "k3"])
+def test_kl_clamps_hand_values_and_gradients(kl_type):
+    values, grads = KL_HAND[kl_type]
+    lp = torch.tensor([KL_LP], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([KL_REF], dtype=torch.float64)
+    loss, metrics = clipped_pg_loss(lp, lp.detach(), torch.zeros(1), torch.ones(1, 3, dtype=torch.float64),
+                                    **CLIP, ref_logprobs=ref, kl_penalty=1.0, kl_type=kl_type)
+    loss.backward()
+    assert loss.item() == pytest.approx(sum(values), abs=1e-9)
+    assert metrics["kl_penalty"] == pytest.approx(sum(values), abs=1e-9)
+    assert lp.grad[0].tolist() == pytest.approx(grads, abs=1e-9)
+    # kl_estimate alone: the same values; without weights the clamps still bound the value
+    per_token = kl_estimate(lp.detach(), ref, kl_type)
+    assert per_token[0].tolist() == pytest.approx(values, abs=1e-9)
+
+
+def test_kl_weight_is_detached_where_the_input_clamp_fires_and_clamped_after_weighting():
+    lp = torch.tensor([-30.0, -1.0], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([-1.0, -2.0], dtype=torch.float64)
+    weights = torch.tensor([3.0, 3.0], dtype=torch.float64, requires_grad=True)
+    kl = kl_estimate(lp, ref, "k1", weights=weights)  # 3 * [-20, 1] -> clamp -> [-10, 3]
+    assert kl.tolist() == pytest.approx([-10.0, 3.0])
+    kl.sum().backward()
+    assert weights.grad.tolist() == pytest.approx([0.0, 1.0])  # token 0: input clamp -> weight detached
+    assert lp.grad.tolist() == pytest.approx([0.0, 3.0])  # token 1: w * dk1/dlp = 3
+
+
+def test_truncated_importance_weights_by_hand():
+    # ratios pi_old / pi_gen: 2, 0.25, 3, (masked), and a -inf engine logprob (ratio inf -> weight 0)
+    old = torch.tensor([[-1.0, -2.0, -0.5, 9.0, -1.0]])
+    gen = old - torch.tensor([[math.log(2), math.log(0.25), math.log(3), 0.0, 0.0]])
+    gen[0, 4] = float("-inf")
+    mask = torch.tensor([[1, 1, 1, 0, 1]])
+    w, m = truncated_importance_weights(old, gen, mask, cap=1.5)
+    assert w[0].tolist() == pytest.approx([1.5, 0.25, 1.5, 0.0, 0.0], abs=1e-6)
+    assert m["is_weight_mean"] == pytest.approx((1.5 + 0.25 + 1.5 + 0.0) / 4)
+    assert m["is_weight_max"] == pytest.approx(3.0)  # before truncation, over finite ratios
+    assert m["is_truncated_fraction"] == pytest.approx(2 / 4)
+    w, m = truncated_importance_weights(old, gen, mask, cap=None)
+    assert w[0, :3].tolist() == pytest.approx([2.0, 0.25, 3.0], abs=1e-6) and m["is_truncated_fraction"] == 0.0
+    _, empty = truncated_importance_weights(old, gen, torch.zeros_like(mask), cap=2.0)
+    assert empty == {"is_weight_mean": 0.0, "is_weight_max": 0.0, "is_truncated_fraction": 0.0}
+    with pytest.raises(ValueError, match="truncated_importance_sampling_ratio"):
+        truncated_importance_weights(old, gen, mask, cap=0.0)
+
+
+def test_importance_weights_scale_the_policy_gradient_term_only():
+    # one token, rho = 1, A = 1: l = -A * rho * v with v = 0.5 -> loss -0.5, d/dlp = -0.5
+    lp = torch.zeros(1, 1, requires_grad=True)
+    loss, _ = clipped_pg_loss(lp, torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1), **CLIP,
+                              is_weights=torch.tensor([[0.5]]))
+    loss.backward()
+    assert loss.item() == pytest.approx(-0.5) and lp.grad.item() == pytest.approx(-0.5)
+    # with KL on, the KL term is not scaled: lp=-1, ref=-2 (k3 = e^-1, gradient 1)
+    lp = torch.tensor([[-1.0]], requires_grad=True)
+    loss, m = clipped_pg_loss(lp, lp.detach(), torch.tensor([1.0]), torch.ones(1, 1), **CLIP,
+                              ref_logprobs=torch.tensor([[-2.0]]), kl_penalty=1.0, is_weights=torch.tensor([[0.5]]))
+    loss.backward()
+    assert m["pg_loss"] == pytest.approx(-0.5) and m["kl_penalty"] == pytest.approx(math.exp(-1), rel=1e-6)
+    assert lp.grad.item() == pytest.approx(-0.5 + 1.0, rel=1e-6)
+    cfg = LossConfig(use_importance_sampling_correction=True)
+    with pytest.raises(KeyError, match="is_weights"):
+        make_loss_fn(cfg)(lp, {"old_logprobs": lp.detach(), "advantages": torch.ones(1),
+                               "loss_weights": torch.ones(1, 1)})
 
 
 def test_masked_positions_with_garbage_are_ignored():

@@ -34,7 +34,9 @@ import psutil
 import pytest
 import yaml
 from data_paths import sandbox_dir
+from ray_probe import TOKEN_RE, files_containing, gcs_answer
 
+from environment import ray_auth
 from megatron_grpo import launch
 from megatron_grpo.config import load_config, to_dict
 from megatron_grpo.preemption import PREEMPT_EXIT_CODE
@@ -121,8 +123,10 @@ def job_env(slurm_conf: str, **extra: str) -> dict[str, str]:
     """The environment sbatch exports to the job: no stray SLURM_* of an outer job, our venv first."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
     env.update(SLURM_CONF=slurm_conf, PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
-               PYTHON=sys.executable, MEGATRON_GRPO_ROOT=str(REPO), RAY_AUTH_MODE="disabled",
-               WORKPLACE_DATA_DIR=str(SANDBOX), OMP_NUM_THREADS="1")
+               PYTHON=sys.executable, MEGATRON_GRPO_ROOT=str(REPO), WORKPLACE_DATA_DIR=str(SANDBOX),
+               OMP_NUM_THREADS="1",
+               # a submitting shell's settings never switch the job's Ray authentication off
+               RAY_AUTH_MODE="disabled", RAY_AUTH_TOKEN="0" * 64)
     env.update(extra)
     return env
 
@@ -260,6 +264,49 @@ def test_sbatch_1node_tiny_trainer_two_gloo_ranks_with_ray(slurm_conf, job_confi
     shutil.rmtree(f"/tmp/ray_mg_{job}", ignore_errors=True)
 
 
+def job_ray_token(job_id: str, timeout_s: float) -> str:
+    """The token in the environment of the job's Ray head (read from /proc, as root can)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for p in psutil.process_iter(["cmdline"]):
+            if f"ray_mg_{job_id}" in " ".join(p.info["cmdline"] or []):
+                try:
+                    token = ray_auth.token_from_env(p.environ())
+                except psutil.Error:
+                    continue
+                if token:
+                    return token
+        time.sleep(0.3)
+    pytest.fail(f"no Ray process of job {job_id} with a token after {timeout_s} s")
+
+
+@pytest.mark.slow
+def test_job_ray_refuses_clients_without_the_job_token(slurm_conf, job_config, tmp_path):
+    """The job's Ray answers only its own token; the job works with it; the token is in no file
+    under the run folder, not in the job's output and not in the home folder."""
+    home_token = Path.home() / ".ray" / "auth_token"
+    had_home_token = home_token.exists()
+    env = job_env(slurm_conf, TRAIN_CMD=train_cmd(tmp_path), PAYLOAD_STEP_S="1")
+    job = sbatch(env, tmp_path, str(job_config), "grpo.max_num_steps=3", "env.num_actors=0")
+    log_path = tmp_path / f"results/exp/logs/job-{job}.log"
+    address = wait_for_text(log_path, r"Ray head on \S+ \((\S+)\)", 120).group(1)
+    token = job_ray_token(job, 120)
+    wait_for_text(log_path, r"^0: step 1/", 120)  # the ranks are connected and running
+    assert gcs_answer(address, None) == "UNAUTHENTICATED"
+    assert gcs_answer(address, ray_auth.new_token()) == "UNAUTHENTICATED"
+    assert gcs_answer(address, "0" * 64) == "UNAUTHENTICATED"  # the one the submitting shell had
+    assert gcs_answer(address, token) == "OK"
+    info = wait_job(env, job, 240)
+    log = log_path.read_text()
+    assert info["JobState"] == "COMPLETED", log
+    assert json.loads((tmp_path / "results/exp/logs/ray_result.json").read_text())["answer"] == 42
+    assert files_containing(tmp_path, token) == []  # run folder, job log, slurm-<id>.out, checkpoints
+    assert files_containing(tmp_path, token[:16]) == []
+    assert home_token.exists() == had_home_token
+    assert leftover_ray(f"ray_mg_{job}") == []
+    shutil.rmtree(f"/tmp/ray_mg_{job}", ignore_errors=True)
+
+
 @pytest.mark.slow
 def test_requeue_after_usr1_resumes_at_saved_step(slurm_conf, job_config, tmp_path):
     env = job_env(slurm_conf, TRAIN_CMD=train_cmd(tmp_path), RAY="0", PAYLOAD_STEP_S="0.5")
@@ -357,15 +404,18 @@ def test_ray_node_and_wait_name_the_missing_node(tmp_path):
     port = free_port_block()
     tag = f"/tmp/ray_mg_t{os.getpid()}"
     argv = launch.ray_start_argv("head", "127.0.0.1", port, "testhead", temp_dir=tag, num_cpus=1)
-    head = launch.RayNode(argv, tmp_path / "ray-head.log").start()
+    with pytest.raises(RuntimeError, match="no Ray token in the environment"):
+        launch.RayNode(argv, env={"PATH": os.environ["PATH"]}).start()  # never without authentication
+    env = ray_auth.apply_token(dict(os.environ), ray_auth.new_token())
+    head = launch.RayNode(argv, tmp_path / "ray-head.log", env=env).start()
     try:
         wait = [sys.executable, "-m", "megatron_grpo.launch", "ray-wait", "--address", f"127.0.0.1:{port}"]
         ok = subprocess.run([*wait, "--nodes", "testhead", "--timeout", "120"], capture_output=True,
-                            text=True, timeout=180)
+                            text=True, timeout=180, env=env)
         assert ok.returncode == 0, ok.stderr + (tmp_path / "ray-head.log").read_text()
         assert "1 node(s) joined" in ok.stdout and "testhead" in ok.stdout
         missing = subprocess.run([*wait, "--nodes", "testhead,node-07", "--timeout", "2"], capture_output=True,
-                                 text=True, timeout=120)
+                                 text=True, timeout=120, env=env)
         assert missing.returncode == 1
         assert "missing node-07" in missing.stderr and "joined: testhead" in missing.stderr
     finally:
@@ -419,6 +469,17 @@ def test_submitit_local_executor(job_config, tmp_path, monkeypatch):
     assert ray_result == {"answer": 42, "nodes": [socket.gethostname()]}
     assert leftover_ray(f"ray_mg_{job.job_id}") == []
     shutil.rmtree(f"/tmp/ray_mg_{job.job_id}", ignore_errors=True)
+    # the job's Ray token (made by the local controller's shell) is in none of submitit's files
+    assert [p for p in (tmp_path / "submitit").rglob("*") if p.is_file() and TOKEN_RE.search(p.read_bytes())] == []
+
+
+def test_ray_node_cli_refuses_to_start_without_a_token():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    proc = subprocess.run([sys.executable, "-m", "megatron_grpo.launch", "ray-node", "head", "--head-ip",
+                           "127.0.0.1", "--port", "6379"], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("ray-node: cannot start a Ray node: no Ray token")
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_submit_refuses_a_config_that_fails_preflight(job_config, tmp_path):

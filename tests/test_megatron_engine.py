@@ -12,7 +12,7 @@ import pytest
 import torch
 from dist_utils import run_distributed
 
-from megatron_grpo.generation.megatron_engine import resolve_backend
+from megatron_grpo.generation import choose_backend
 
 VOCAB = 96
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [20, 21, 22, 23], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50]]
@@ -98,6 +98,11 @@ def _check_engine(hf_dir: str, tp: int, sequence_parallel: bool, full: bool) -> 
     policy = _policy(hf_dir, tp, sequence_parallel=sequence_parallel)
     engine = make_engine("megatron", policy=policy, pad_token_id=PAD, prefill_tokens=24)  # 2 prefill chunks
     res: dict = {}
+    # graph or eager is agreed over the TP group: one rank's failed capture sends every rank to eager
+    from megatron.core import parallel_state
+
+    res["tp_agree"] = [engine._all_tp_ranks(parallel_state.get_tensor_model_parallel_rank() == 1),
+                       engine._all_tp_ranks(True)]
 
     # greedy, batched prompts of different lengths == argmax of repeated full forwards, per prompt
     greedy = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=NEW))
@@ -194,6 +199,7 @@ def _check_engine(hf_dir: str, tp: int, sequence_parallel: bool, full: bool) -> 
 
 
 def _assert_engine_results(res: dict, full: bool) -> None:
+    assert res["tp_agree"] == [False, True]  # at TP=2 also on rank 1, whose own flag was True
     assert res["greedy"] == res["greedy_ref"]
     assert all(len(g) == NEW for g in res["greedy"]) and set(res["greedy_reasons"]) == {"length"}
     assert res["greedy_lp_err"] < 1e-4
@@ -254,18 +260,28 @@ def test_engine_rejects_pipeline_parallel(hf_dir):
     assert all("pipeline_model_parallel_size=1" in m for m in messages), messages
 
 
-def test_resolve_backend():
-    assert resolve_backend("auto", has_cuda=True, has_vllm=True)[0] == "vllm"
-    name, why = resolve_backend("auto", has_cuda=True, has_vllm=False)
+def test_choose_backend():
+    """generation.backend: auto picks vllm on a GPU with vLLM, megatron on a GPU without, hf on CPU
+    (vLLM's CPU build only when named); an explicit choice is kept."""
+    assert choose_backend("auto", has_cuda=True, has_vllm=True)[0] == "vllm"
+    name, why = choose_backend("auto", has_cuda=True, has_vllm=False)
     assert name == "megatron" and "vllm" in why
-    assert resolve_backend("auto", has_cuda=False, has_vllm=True)[0] == "hf"
-    assert resolve_backend("auto", has_cuda=False, has_vllm=False)[0] == "hf"
+    assert choose_backend("auto", has_cuda=False, has_vllm=True)[0] == "hf"
+    assert choose_backend("auto", has_cuda=False, has_vllm=False)[0] == "hf"
     for explicit in ("megatron", "hf"):
-        assert resolve_backend(explicit, has_cuda=False, has_vllm=False)[0] == explicit
-    assert resolve_backend("vllm", has_cuda=True, has_vllm=True)[0] == "vllm"
-    with pytest.raises(ValueError, match="vllm is not importable"):
-        resolve_backend("vllm", has_cuda=True, has_vllm=False)
-    with pytest.raises(ValueError, match="needs a CUDA GPU"):
-        resolve_backend("vllm", has_cuda=False, has_vllm=True)
+        assert choose_backend(explicit, has_cuda=False, has_vllm=False)[0] == explicit
+    assert choose_backend("vllm", has_cuda=True, has_vllm=True)[0] == "vllm"
+    assert choose_backend("vllm", has_cuda=False, has_vllm=True)[0] == "vllm"  # vLLM's CPU build
+    with pytest.raises(ValueError, match=r"megatron-grpo\[vllm\]"):
+        choose_backend("vllm", has_cuda=True, has_vllm=False)
     with pytest.raises(ValueError, match="generation.backend must be one of"):
-        resolve_backend("sglang", has_cuda=True, has_vllm=True)
+        choose_backend("sglang", has_cuda=True, has_vllm=True)
+
+
+def test_resolve_backend_on_this_machine():
+    """What ``generation.backend=auto`` picks here (CPU CI: hf, whether or not vLLM's CPU build is in)."""
+    from megatron_grpo.components import resolve_backend
+    from megatron_grpo.config import GenerationConfig
+
+    assert resolve_backend(GenerationConfig(backend="auto")) == ("vllm" if torch.cuda.is_available() else "hf")
+    assert resolve_backend(GenerationConfig(backend="vllm")) == "vllm"  # installed by make test

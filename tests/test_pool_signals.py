@@ -1,5 +1,7 @@
 """A local Ray started by the environment pool survives SLURM's SIGUSR1 (sent to every process of
-a job step before the time limit), so the trainer can still checkpoint and requeue."""
+a job step before the time limit), so the trainer can still checkpoint and requeue; it runs with
+a token of its own (a caller's RAY_AUTH_MODE=disabled does not turn that off) and writes nothing
+into the home folder."""
 
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ SCRIPT = textwrap.dedent(
         return x * x
 
     assert ray.get(square.remote(7), timeout=60) == 49
+    assert os.environ["RAY_AUTH_MODE"] == "token" and len(os.environ["RAY_AUTH_TOKEN"]) == 64
     ray.shutdown()
     print("SURVIVED", len(children))
     """
@@ -45,3 +48,4 @@ def test_local_ray_survives_sigusr1(tmp_path):
                           cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "SURVIVED" in proc.stdout
+    assert not (tmp_path / ".ray").exists()  # Ray's default token file was never written

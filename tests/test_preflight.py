@@ -166,6 +166,13 @@ def test_global_batch_inconsistent(setup, capsys):
     assert "train_global_batch_size=16" in fix
 
 
+def test_top_p_cut_fails_the_sampling_check(setup, capsys):
+    rc, report = run(capsys, setup, "generation.top_p=0.95")
+    assert_only_failure(rc, report, "sampling")
+    fix = next(c["fix"] for c in report["checks"] if c["name"] == "sampling")
+    assert "generation.top_p=1.0" in fix
+
+
 def test_memory_over_budget(setup, capsys):
     rc = preflight.main(["--config", str(setup), "--nodes", "1", "--gpus-per-node", "4", "--gpu-memory-gb",
                          "0.0001", "--json"])

@@ -70,7 +70,10 @@ def test_a_failing_step_leaves_no_ray_process_group_or_child(tiny_files, tmp_pat
         "policy.train_global_batch_size=4", "generation.max_new_tokens=8", "grpo.val_at_start=false",
         f"checkpointing.checkpoint_dir={tmp_path / 'ckpt'}", f"logger.log_dir={tmp_path / 'logs'}",
     ]
-    (result,) = run_distributed(_train_until_the_step_fails, 1, str(TINY), overrides, timeout_s=600)
+    # A fresh interpreter: this pytest process may already have run Ray (gRPC threads), and a forked
+    # child of such a process can hang inside Ray's gRPC.
+    (result,) = run_distributed(_train_until_the_step_fails, 1, str(TINY), overrides, timeout_s=300,
+                                start_method="spawn", cpu_only=True)
     assert result["raised"] == "the train phase failed"
     assert result["ray"] is False and result["dist"] is False, result
     assert result["children"] == [], result

@@ -37,8 +37,9 @@ def tiny_run(tmp_path_factory):
     write_jsonl(root / "train.jsonl", tasks[:32])
     write_jsonl(root / "validation.jsonl", tasks[32:])
     tokenizer = train_tiny_tokenizer(sample_texts(tasks), vocab_size=512)
+    # head_dim 32: the smallest vLLM's CPU attention supports (the vllm runs share this model)
     model = save_tiny_qwen3(root / "model", len(tokenizer), tokenizer=tokenizer, num_layers=2, hidden=64,
-                            max_position_embeddings=4096, init_std=0.02, seed=1)
+                            head_dim=32, max_position_embeddings=4096, init_std=0.02, seed=1)
     overrides = [
         f"policy.model_name={model}",
         f"data.train_path={root / 'train.jsonl'}",
@@ -51,6 +52,8 @@ def tiny_run(tmp_path_factory):
         "policy.logprob_batch_size=2",
         "generation.max_new_tokens=12",
         "generation.temperature=0.5",  # rollouts, old and new logprobs all at T=0.5
+        "loss_fn.use_importance_sampling_correction=true",
+        "loss_fn.reference_policy_kl_penalty=0.05",  # reference = the initial model, also after resume
         "grpo.max_rollout_turns=2",
         "grpo.max_val_samples=2",
         "grpo.val_period=2",
@@ -95,6 +98,10 @@ def test_grpo_tp2_trains_checkpoints_resumes_and_exports(tiny_run):
         # the engine holds the policy's weights after every refit and reports the T=0.5 distribution the
         # policy scores: the logprob mismatch stays tiny
         assert rec["gen_train_logprob_error"] < 1e-4, rec["gen_train_logprob_error"]
+        # so the truncated importance weights pi_old / pi_gen are 1 and none is truncated
+        assert rec["train:is_weight_mean"] == pytest.approx(1.0, abs=1e-3), rec
+        assert rec["train:is_weight_max"] < 1.01 and rec["train:is_truncated_fraction"] == 0.0, rec
+        assert rec["train:kl_penalty"] >= 0.0 and "timing/ref_logprobs" in rec, rec
     assert "val:accuracy" in metrics_a[2] and "val:accuracy" in metrics_a[4]
 
     # rollout traces (rank 0 only): 2 groups x 2 samples per step, every validation episode
@@ -128,7 +135,7 @@ def test_grpo_tp2_trains_checkpoints_resumes_and_exports(tiny_run):
     metrics_b = _metrics(run_b)
     assert sorted(metrics_b) == [3, 4]
     for step in (3, 4):
-        for key in ("train:reward_mean", "policy_loss", "grad_norm", "train:mean_seq_len"):
+        for key in ("train:reward_mean", "policy_loss", "grad_norm", "train:mean_seq_len", "train:kl_penalty"):
             assert metrics_b[step][key] == pytest.approx(metrics_a[step][key], rel=1e-5, abs=1e-7), (step, key)
 
     # the end-of-run HF export (TP=2, from the live policy) equals convert-to-hf of the last checkpoint
@@ -147,6 +154,71 @@ def test_grpo_tp2_trains_checkpoints_resumes_and_exports(tiny_run):
     assert exported.keys() == from_ckpt.keys()
     for key in exported:
         assert torch.equal(exported[key], from_ckpt[key]), key
+
+
+# ~50 KiB refit buckets: every refit streams several. A random model scores 0 on every task, so
+# GRPO's advantages (and gradients) are 0; decoupled weight decay still moves every weight by 1% a
+# step, so a refit that failed would show as a logprob error far above the 1e-5 asserted.
+VLLM = ["generation.backend=vllm", "generation.cpu_kv_cache_gib=0.25", "generation.refit_bucket_mb=0.05",
+        "policy.optimizer.lr=0.01", "policy.optimizer.min_lr=0.01", "policy.optimizer.weight_decay=1.0"]
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_grpo_vllm_tp2_trains_checkpoints_resumes_and_exports(tiny_run):
+    """The trainer with vLLM's CPU build (TP=2, external launcher on the trainer's gloo group): the
+    engine's logprobs equal the TP=2 policy's at every step (from the model folder at step 1, after a
+    bucketed refit later), a resumed run repeats steps 3-4 exactly, the export loads."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    root, overrides = tiny_run
+    run_a = root / "vllm_a"
+    tempered = "generation.temperature=0.7"  # engine and policy both score softmax(logits / 0.7)
+    _train(run_a, [*overrides, *VLLM, tempered, "grpo.max_num_steps=4", "checkpointing.export_hf_at_end=true"])
+    metrics_a = _metrics(run_a)
+    assert sorted(metrics_a) == [1, 2, 3, 4]
+    for step, rec in metrics_a.items():
+        assert rec["gen_train_logprob_error"] < 1e-5, (step, rec["gen_train_logprob_error"])
+        assert rec["refit/tensors"] > 0 and "val:accuracy" in metrics_a[2]
+
+    run_b = root / "vllm_b"
+    (run_b / "checkpoints").mkdir(parents=True)
+    shutil.copytree(run_a / "checkpoints" / "step_2", run_b / "checkpoints" / "step_2")
+    _train(run_b, [*overrides, *VLLM, tempered, "grpo.max_num_steps=4", "checkpointing.resume=auto"])
+    metrics_b = _metrics(run_b)
+    assert sorted(metrics_b) == [3, 4]
+    for step in (3, 4):
+        for key in ("train:reward_mean", "policy_loss", "grad_norm", "train:mean_seq_len",
+                    "gen_train_logprob_error"):
+            assert metrics_b[step][key] == pytest.approx(metrics_a[step][key], rel=1e-5, abs=1e-7), (step, key)
+
+    exported = AutoModelForCausalLM.from_pretrained(run_a / "hf_export", dtype=torch.float32).state_dict()
+    initial = AutoModelForCausalLM.from_pretrained(overrides[0].split("=", 1)[1], dtype=torch.float32).state_dict()
+    assert exported.keys() == initial.keys()
+    assert any(not torch.equal(exported[k], initial[k]) for k in exported)  # it trained
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_grpo_vllm_dp2_splits_a_group_across_replicas(tiny_run):
+    """TP=1 x DP=2 with one prompt x 4 samples per step: each replica rolls out 2 samples of the same
+    group; with the data-parallel rank in the sampling seed, the 4 samples all differ."""
+    root, overrides = tiny_run
+    run = root / "vllm_dp2"
+    _train(run, [*overrides, *VLLM, "policy.tensor_model_parallel_size=1", "grpo.num_prompts_per_step=1",
+                 "grpo.num_generations_per_prompt=4", "grpo.max_num_steps=2", "grpo.val_period=0",
+                 "checkpointing.enabled=false", "generation.temperature=1.0"])
+    metrics = _metrics(run)
+    assert sorted(metrics) == [1, 2]
+    assert all(rec["gen_train_logprob_error"] < 1e-5 for rec in metrics.values())
+    for step in (1, 2):
+        trace = run / "logs" / "rollouts" / f"step_{step}.jsonl"
+        records = [json.loads(line) for line in trace.read_text().splitlines()]
+        group = [r for r in records if r["phase"] == "train"]
+        assert len(group) == 4
+        completions = [json.dumps([m for m in r["messages"] if m["role"] != "prompt"]) for r in group]
+        assert len(set(completions)) == 4, completions
 
 
 def test_bad_config_key_names_the_closest_key(tiny_run):

@@ -68,6 +68,8 @@ class HFEngine:
     ``max_batch_size`` splits a large ``generate`` into chunks (bounds the KV cache).
     """
 
+    shares_policy_weights = False  # a copy of the weights: the trainer refits it after every step
+
     def __init__(
         self,
         model: str | Any,

@@ -49,32 +49,6 @@ from megatron_grpo.generation.kv_cache import CachedGPTForward, KVCache, sequenc
 
 log = logging.getLogger(__name__)
 
-BACKEND_CHOICES = ("auto", "megatron", "vllm", "hf")
-
-
-def resolve_backend(requested: str, has_cuda: bool, has_vllm: bool) -> tuple[str, str]:
-    """``generation.backend`` -> (engine name, one-line reason to log).
-
-    auto: vllm when importable on a GPU, else megatron on a GPU, else hf (CPU). An explicit choice
-    is kept, except impossible ones, which raise naming the flag.
-    """
-    if requested not in BACKEND_CHOICES:
-        raise ValueError(f"generation.backend must be one of {', '.join(BACKEND_CHOICES)}, got {requested!r}")
-    if requested == "auto":
-        if has_cuda and has_vllm:
-            return "vllm", "generation.backend=auto: CUDA and vllm available -> vllm"
-        if has_cuda:
-            return "megatron", ("generation.backend=auto: CUDA without vllm -> megatron (in-process decode "
-                                "with the policy's own model, no refit copy)")
-        return "hf", "generation.backend=auto: no CUDA -> hf (transformers on CPU)"
-    if requested == "vllm" and not has_cuda:
-        raise ValueError("generation.backend=vllm needs a CUDA GPU; use generation.backend=hf on CPU")
-    if requested == "vllm" and not has_vllm:
-        raise ValueError("generation.backend=vllm but vllm is not importable; install megatron-grpo[gpu] "
-                         "or use generation.backend=megatron")
-    return requested, f"generation.backend={requested} (explicit)"
-
-
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
@@ -220,6 +194,16 @@ class MegatronEngine:
         return size, parallel_state.get_tensor_model_parallel_group(), \
             parallel_state.get_tensor_model_parallel_src_rank()
 
+    def _all_tp_ranks(self, ok: bool) -> bool:
+        """Whether ``ok`` holds on every rank of the TP group (a MIN all-reduce): the ranks must pick the
+        same decode path, graph or eager, or their collectives no longer pair up."""
+        tp, group, _ = self._tp()
+        if tp == 1:
+            return ok
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+        return bool(flag.item())
+
     def _full_logits(self, local: torch.Tensor) -> torch.Tensor:
         """[b, vocab / tp] -> [b, vocab] float32 on every TP rank."""
         tp, group, _ = self._tp()
@@ -353,15 +337,19 @@ class MegatronEngine:
             return lambda tokens, positions, write, key_ok: self.forward.decode(cache, tokens, positions, write,
                                                                                 key_ok)
         if self._graph is None or self._graph.cache is not cache:
+            graph, error = None, None
             try:
-                self._graph = _DecodeGraph(self.forward, cache, batch)
+                graph = _DecodeGraph(self.forward, cache, batch)
             except Exception as exc:  # noqa: BLE001 - fall back to eager decoding, loudly
-                log.warning("MegatronEngine: CUDA-graph capture of the decode step failed (%s: %s); "
-                            "decoding eagerly from now on (cuda_graphs=False)", type(exc).__name__, exc)
+                error = f"{type(exc).__name__}: {exc}"
+            if not self._all_tp_ranks(error is None):  # one rank's failure sends every rank to eager
+                log.warning("MegatronEngine: CUDA-graph capture of the decode step failed (%s); decoding eagerly "
+                            "from now on (cuda_graphs=False)", error or "on another tensor-parallel rank")
                 self.cuda_graphs = False
-                self.graph_error = f"{type(exc).__name__}: {exc}"
+                self.graph_error = error or "capture failed on another tensor-parallel rank"
                 self._graph = None
                 return self._decode_fn(cache, batch)
+            self._graph = graph
         return self._graph
 
 
@@ -395,7 +383,8 @@ class _DecodeGraph:
                 forward.decode(cache, self.tokens, self.positions, self.write, self.key_ok)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: a capture error here cannot be hit by CUDA calls of other threads (Ray, loggers)
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.logits = forward.decode(cache, self.tokens, self.positions, self.write, self.key_ok)
 
     def __call__(self, tokens, positions, write, key_ok) -> torch.Tensor:

@@ -24,6 +24,8 @@ class ScriptedEngine:
     ``logprob`` is the value reported for every emitted token (a scripted engine has no model).
     """
 
+    shares_policy_weights = False
+
     def __init__(self, scripts: Sequence[Sequence[Sequence[int]]], logprob: float = -1.0):
         self.scripts = [[list(turn) for turn in script] for script in scripts]
         self.logprob = float(logprob)

@@ -22,6 +22,18 @@ def replica_slice(n: int, dp: int, dp_rank: int) -> slice:
     return slice(lo, lo + per + (1 if dp_rank < extra else 0))
 
 
+REPLICA_SEED_STRIDE = 1_000_000_007  # > every offset added below it (turns: 1_000_003 x turn, requests: index)
+
+
+def replica_seed(seed: int, dp_rank: int) -> int:
+    """The sampling seed of data-parallel replica ``dp_rank``: ``seed`` itself on replica 0, far apart
+    on the others. Every engine derives its per-turn and per-request seeds by adding small offsets
+    (agent_loop: 1_000_003 x turn; vllm: the request index), so replicas never share a seed and a
+    GRPO group split across replicas gets distinct samples. All ranks of one replica (its
+    tensor-parallel ranks) share the dp rank and so the seed, as SPMD decoding requires."""
+    return seed + dp_rank * REPLICA_SEED_STRIDE
+
+
 def generates_here(layout: Any, spmd_engine: bool) -> bool:
     """Whether this rank runs the agent loop (holds an engine and environment episodes)."""
     return spmd_engine or (layout.tp_rank == 0 and layout.pp_rank == 0)
