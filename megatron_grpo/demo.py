@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from environment.workplace.data_dir import cache_dir
     from environment.workplace.sandbox_fetch import fetch_sandbox
-    from megatron_grpo.config import load_config, to_dict
+    from megatron_grpo.config import load_config
     from megatron_grpo.data.samples import write_jsonl
     from megatron_grpo.distributed import free_port
     from megatron_grpo.trainer import train
@@ -218,12 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         *args.overrides,
     ]
     cfg = load_config(CONFIG, overrides)  # a ConfigError is printed as one line by cli.py
-    settings = {"policy": {k: v for k, v in to_dict(cfg.policy).items() if k not in ("model_name", "tokenizer_name")},
-                "tool_subset": cfg.env.tool_subset, "max_rollout_turns": cfg.grpo.max_rollout_turns}
-    spec = WarmStart(seed=args.seed, tasks=args.tasks, val_tasks=args.val_tasks, templates=templates,
-                     vocab=args.vocab, hidden=args.hidden, layers=args.layers, sft_steps=args.sft_steps,
-                     sft_lr=args.sft_lr, sft_batch=args.sft_batch,
-                     settings=json.dumps(settings, sort_keys=True))
+    spec = warm_start_spec(args, cfg, templates)
     cache = None if args.no_cache else cache_dir() / "demo" / spec.key()
     sft_dir, info, cached = warm_start(spec, cfg, train_tasks, cache)
     t_sft = time.perf_counter()
@@ -232,6 +227,21 @@ def main(argv: list[str] | None = None) -> int:
     t_end = time.perf_counter()
     return report(out, t_sft - t_start, t_end - t_sft, cached=cached)
 
+
+
+def warm_start_spec(args: argparse.Namespace, cfg, templates: tuple[str, ...]) -> WarmStart:
+    """What the warm start depends on: the command line's model and SFT settings and the policy
+    settings, less the model paths and the optimizer fields the supervised steps set themselves (so
+    that tuning GRPO's learning rate reuses the cached warm start)."""
+    from megatron_grpo.config import to_dict
+
+    policy = {k: v for k, v in to_dict(cfg.policy).items() if k not in ("model_name", "tokenizer_name")}
+    policy["optimizer"] = {k: v for k, v in policy["optimizer"].items()
+                           if k not in ("lr", "min_lr", "lr_warmup_steps", "clip_grad")}
+    settings = {"policy": policy, "tool_subset": cfg.env.tool_subset, "max_rollout_turns": cfg.grpo.max_rollout_turns}
+    return WarmStart(seed=args.seed, tasks=args.tasks, val_tasks=args.val_tasks, templates=templates,
+                     vocab=args.vocab, hidden=args.hidden, layers=args.layers, sft_steps=args.sft_steps,
+                     sft_lr=args.sft_lr, sft_batch=args.sft_batch, settings=json.dumps(settings, sort_keys=True))
 
 def report(out: Path, sft_seconds: float, grpo_seconds: float, cached: bool = False) -> int:
     from megatron_grpo.metrics import read_metrics
