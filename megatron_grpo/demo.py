@@ -231,11 +231,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def warm_start_spec(args: argparse.Namespace, cfg, templates: tuple[str, ...]) -> WarmStart:
     """What the warm start depends on: the command line's model and SFT settings and the policy
-    settings, less the model paths and the optimizer fields the supervised steps set themselves (so
-    that tuning GRPO's learning rate reuses the cached warm start)."""
+    settings, less the model paths and the batching and optimizer fields the supervised steps set
+    themselves (so that tuning GRPO's batch or learning rate reuses the cached warm start)."""
     from megatron_grpo.config import to_dict
 
-    policy = {k: v for k, v in to_dict(cfg.policy).items() if k not in ("model_name", "tokenizer_name")}
+    unused = ("model_name", "tokenizer_name", "train_global_batch_size", "train_micro_batch_size",
+              "logprob_batch_size", "shared_prefix")  # paths, and batching the supervised steps set
+    policy = {k: v for k, v in to_dict(cfg.policy).items() if k not in unused}
     policy["optimizer"] = {k: v for k, v in policy["optimizer"].items()
                            if k not in ("lr", "min_lr", "lr_warmup_steps", "clip_grad")}
     settings = {"policy": policy, "tool_subset": cfg.env.tool_subset, "max_rollout_turns": cfg.grpo.max_rollout_turns}
