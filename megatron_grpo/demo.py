@@ -5,8 +5,10 @@ verifiable tasks (environment/workplace/tasks), a byte-level BPE tokenizer train
 the training tasks, a tiny random Qwen3 saved with save_pretrained, then the recipe:
 
 1. a short supervised warm start on the training tasks' ground-truth calls (megatron_grpo/sft.py):
-   a random model never emits a tool call, and GRPO needs some successes in a group to learn. It is
-   kept short on purpose: the model learns the call format and gets some tasks right, not most;
+   a random model never emits a tool call, and GRPO needs some successes in a group to learn.
+   Measured on 128 held-out tasks: 250 steps leave the model at ~0.25 and GRPO does not move it
+   within 20 steps; 300 steps give 0.67-0.75, where GRPO improves it steadily (mostly by copying
+   the request's names and texts instead of recalling a training task's);
 2. GRPO with the Megatron policy, the hf generation engine refit after every step, the Ray
    environment pool, greedy validation on held-out tasks (never trained on, not even by the
    tokenizer), top-k checkpoints, rollout traces and an HF export at the end.
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="tasks, model init, warm start and GRPO sampling")
     parser.add_argument("--tasks", type=int, default=1500, help="tasks to generate")
     parser.add_argument("--val-tasks", type=int, default=128, help="held-out validation tasks")
-    parser.add_argument("--sft-steps", type=int, default=100)
+    parser.add_argument("--sft-steps", type=int, default=300)
     parser.add_argument("--sft-lr", type=float, default=1e-3)
     parser.add_argument("--sft-batch", type=int, default=32)
     parser.add_argument("--grpo-steps", type=int, default=None, help="default: the config's grpo.max_num_steps")
