@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import signal
 import threading
@@ -33,7 +34,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# environment variables an actor needs (never the whole os.environ: NeMo-RL issue #309)
+log = logging.getLogger(__name__)
+
+# environment variables an actor needs (never the whole os.environ: it would leak secrets into actors)
 ACTOR_ENV_VARS = ("WORKPLACE_DATA_DIR", "MEGATRON_GRPO_CACHE", "PYTHONWARNINGS", "PYTHONHASHSEED")
 
 
@@ -99,6 +102,12 @@ class EpisodeWorker:
 
     def ping(self) -> int:
         return os.getpid()
+
+    def node_ip(self) -> str:
+        """The address of the Ray node this worker runs on (Ray actors only)."""
+        import ray
+
+        return ray.util.get_node_ip_address()
 
 
 def _plain(call: dict) -> dict:
@@ -178,7 +187,10 @@ class RayEnvPool:
     replayed (see the module docstring). ``replacements`` counts replaced actors.
 
     ``cpus_per_actor`` defaults to 1, lowered so that all actors fit the cluster's CPUs (an actor
-    that cannot be scheduled would make every request wait forever)."""
+    that cannot be scheduled would make every request wait forever). ``pools_sharing_cluster``: how
+    many pools (one per generating trainer rank, e.g. per data-parallel replica) start on the same
+    Ray cluster; they split its CPUs. Actors not up within ``start_timeout_s`` fail the start with
+    one line (what was asked, what the cluster has) instead of a wait without end."""
 
     def __init__(
         self,
@@ -187,21 +199,34 @@ class RayEnvPool:
         cpus_per_actor: float | None = None,
         ray_address: str | None = None,
         max_restarts_per_step: int = 3,
+        pools_sharing_cluster: int = 1,
+        start_timeout_s: float = 300.0,
     ):
         import ray
+        from ray.exceptions import GetTimeoutError
 
         ensure_ray(ray_address)
         self._ray = ray
         self.data_dir = data_dir
         self.max_restarts_per_step = max_restarts_per_step
+        cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
         if cpus_per_actor is None:  # one CPU each, less when the cluster is smaller (all must start)
-            cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
-            cpus_per_actor = min(1.0, cluster_cpus / max(1, num_actors))
+            cpus_per_actor = min(1.0, cluster_cpus / max(1, num_actors * pools_sharing_cluster))
         env_vars = {k: os.environ[k] for k in ACTOR_ENV_VARS if k in os.environ}
         self._remote_cls = ray.remote(EpisodeWorker).options(
             num_cpus=cpus_per_actor, max_restarts=0, runtime_env={"env_vars": env_vars}
         )
         self.slots = [_Slot(self._new_actor()) for _ in range(num_actors)]
+        try:
+            nodes = ray.get([slot.actor.node_ip.remote() for slot in self.slots], timeout=start_timeout_s)
+        except GetTimeoutError:
+            free = float(ray.available_resources().get("CPU", 0.0))
+            self.shutdown()
+            raise RuntimeError(
+                f"env pool: {num_actors} actor(s) x {cpus_per_actor:g} CPU not up on the Ray cluster after "
+                f"{start_timeout_s:.0f} s (cluster CPUs {cluster_cpus:g}, free {free:g}, {pools_sharing_cluster} "
+                f"pool(s) on it): lower env.num_actors or give Ray more CPUs (RAY_NUM_CPUS)") from None
+        log.info("env pool: %d actor(s) on Ray node(s) %s", num_actors, ", ".join(sorted(set(nodes))))
         self.logs: dict[int, list[dict]] = {}
         self.route: dict[int, int] = {}
         self.replacements = 0

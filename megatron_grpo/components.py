@@ -120,8 +120,10 @@ def build_engine(backend: str, gen: GenerationConfig, policy: Any, model_dir: st
     raise ValueError(f"generation.backend={backend!r}: choose auto, hf, megatron or vllm")
 
 
-def build_env_pool(env: EnvConfig, ray_address: str | None, teardown: ExitStack | None = None) -> Any:
+def build_env_pool(env: EnvConfig, ray_address: str | None, teardown: ExitStack | None = None,
+                   pools: int = 1) -> Any:
     """A Ray actor pool with ``env.num_actors`` actors, or in-process episodes when it is 0.
+    ``pools``: how many ranks build one on the same Ray cluster (they split its CPUs).
 
     With ``teardown``, the pool's actors are killed on release, and a Ray this call started (none was
     running in this process) is shut down with its daemons; a Ray it only connected to is left up."""
@@ -135,7 +137,8 @@ def build_env_pool(env: EnvConfig, ray_address: str | None, teardown: ExitStack 
     ray_was_up = ray.is_initialized()
     if teardown is not None and not ray_was_up:
         teardown.callback(ray.shutdown)  # registered first: runs after the pool's actors are killed
-    pool = RayEnvPool(num_actors=env.num_actors, data_dir=data_dir, ray_address=ray_address)
+    pool = RayEnvPool(num_actors=env.num_actors, data_dir=data_dir, ray_address=ray_address,
+                      pools_sharing_cluster=pools)
     if teardown is not None:
         teardown.callback(pool.shutdown)
     return pool

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import signal
 import socket
@@ -67,17 +68,21 @@ def default_master_port(job_id: int | str | None) -> int:
 
 @dataclass(frozen=True)
 class RayPorts:
+    """The job's Ray ports from the GCS port up. ``os_picks_node_ports``: the node's own ports (all
+    but the head's GCS and client ports) are left to the OS, for a worker whose planned ports are
+    taken on its host (two nodes of one job on the same machine: Ray listens on every interface)."""
+
     gcs: int
+    os_picks_node_ports: bool = False
+
+    def node_ports(self) -> list[int]:
+        return list(range(self.gcs + 2, self.gcs + 8))
 
     def flags(self, head: bool) -> list[str]:
-        out = [
-            f"--node-manager-port={self.gcs + 2}",
-            f"--object-manager-port={self.gcs + 3}",
-            f"--dashboard-agent-listen-port={self.gcs + 4}",
-            f"--dashboard-agent-grpc-port={self.gcs + 5}",
-            f"--runtime-env-agent-port={self.gcs + 6}",
-            f"--metrics-export-port={self.gcs + 7}",
-        ]
+        ports = [0] * 6 if self.os_picks_node_ports else self.node_ports()
+        names = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
+                 "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
+        out = [f"--{name}={p}" for name, p in zip(names, ports)]
         if head:
             out = [f"--port={self.gcs}", f"--ray-client-server-port={self.gcs + 1}"] + out
         return out
@@ -89,6 +94,39 @@ def resolve_ip(host: str) -> str:
         return socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
     except OSError:
         return socket.gethostbyname(socket.gethostname())
+
+
+def slurm_node_addr(node: str) -> str:
+    """The IPv4 address SLURM reaches ``node`` at: its ``NodeAddr`` (``scontrol show node``), which
+    is what slurmd listens on, rather than whatever the host name resolves to. Clusters with several
+    interfaces set NodeAddr to the compute network; several nodes on one host differ only there.
+    Falls back to resolving the node name (NodeAddr unset, or no scontrol in a container)."""
+    try:
+        out = subprocess.run(["scontrol", "show", "node", "-o", node], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    match = re.search(r"\bNodeAddr=(\S+)", out)
+    return resolve_ip(match.group(1) if match else node)
+
+
+def ports_free(ip: str, ports: Sequence[int]) -> bool:
+    """True when every port can be bound on ``ip`` right now (a hint, not a reservation)."""
+    for port in ports:
+        with socket.socket() as sock:
+            try:
+                sock.bind((ip, port))
+            except OSError:
+                return False
+    return True
+
+
+def worker_needs_os_ports(head_ip: str, node_ip: str | None, port: int) -> bool:
+    """A worker node leaves its Ray ports to the OS when the head runs on the same host (Ray listens
+    on every interface, so the head's planned ports are taken there too; the head's address is then
+    one of this host's) or when its planned ports are taken anyway."""
+    same_host = ports_free(head_ip, [0])  # binding the head's address works only on the head's host
+    return same_host or not ports_free(node_ip or "0.0.0.0", RayPorts(port).node_ports())
 
 
 def wait_for_tcp(host: str, port: int, timeout_s: float, poll_s: float = 0.5) -> bool:
@@ -113,18 +151,22 @@ def ray_start_argv(
     port: int,
     node_name: str,
     *,
+    node_ip: str | None = None,
+    os_picks_node_ports: bool = False,
     temp_dir: str | None = None,
     num_cpus: int | None = None,
     object_store_bytes: int | None = None,
 ) -> list[str]:
     """``ray start --block`` for the head (role="head") or a worker of the cluster at head_ip:port.
 
-    No GPUs are offered to Ray (``--num-gpus=0``): the environment actors run on CPU and the GPUs
-    belong to the trainer ranks. The dashboard is off (it is a web server nobody reads on a batch job).
+    ``node_ip``: the address this node's Ray advertises (a worker's own SLURM NodeAddr; the head
+    always uses head_ip). No GPUs are offered to Ray (``--num-gpus=0``): the environment actors run
+    on CPU and the GPUs belong to the trainer ranks. The dashboard is off (it is a web server nobody
+    reads on a batch job).
     """
     if role not in ("head", "worker"):
         raise ValueError(f"ray node role must be head or worker, got {role!r}")
-    ports = RayPorts(port)
+    ports = RayPorts(port, os_picks_node_ports=os_picks_node_ports and role == "worker")
     argv = [ray_executable(), "start", "--block", "--num-gpus=0", f"--node-name={node_name}", "--disable-usage-stats"]
     if role == "head":
         argv += ["--head", f"--node-ip-address={head_ip}", "--include-dashboard=false"]
@@ -132,6 +174,8 @@ def ray_start_argv(
             argv.append(f"--temp-dir={temp_dir}")
     else:
         argv.append(f"--address={head_ip}:{port}")
+        if node_ip:
+            argv.append(f"--node-ip-address={node_ip}")
     argv += ports.flags(head=role == "head")
     if num_cpus is not None:
         argv.append(f"--num-cpus={num_cpus}")
@@ -161,7 +205,15 @@ def wait_for_ray_nodes(address: str, expected: Sequence[str], timeout_s: float, 
     ray_auth.use_token(_require_token(os.environ, "connect to the job's Ray"))
     import ray
 
-    ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=False)
+    while True:  # the GCS port can accept connections before the GCS answers (a busy node)
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=False)
+            break
+        except ConnectionError as exc:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"Ray head {address} did not answer within {timeout_s:.0f} s ({exc}); "
+                                   f"see the ray-head log of {expected[0] if expected else '?'}") from None
+            time.sleep(poll_s)
     try:
         while True:
             alive = sorted({n.get("NodeName", "") for n in ray.nodes() if n.get("Alive")})
@@ -188,13 +240,92 @@ def _require_token(env: Mapping[str, str], what: str) -> str:
     return token
 
 
+RAY_UP_LINE = "will now block forever"  # `ray start --block` prints it once every Ray process is up
+RAY_START_ATTEMPTS = 3
+
+
+def _become_subreaper() -> bool:
+    """Linux: orphaned descendants are re-parented to this process (so it can find and stop them)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def _stop_descendants(timeout_s: float = 15.0) -> None:
+    import psutil
+
+    procs = psutil.Process().children(recursive=True)
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+def run_ray_node(argv: Sequence[str], env: Mapping[str, str] | None = None,
+                 attempts: int = RAY_START_ATTEMPTS) -> int:
+    """Run ``ray start --block`` (``argv``) in the foreground; its output goes to this stdout.
+
+    Returns Ray's exit code, or 0 when this process got SIGTERM / SIGINT / SIGUSR2 (Ray is stopped
+    then). SIGUSR1 (SLURM's preemption warning, meant for the trainer) is ignored here and in Ray.
+
+    Why a supervisor: on a busy node Ray can fail to start (the raylet gives its dashboard agent
+    15 s to come up and aborts otherwise). A start that fails before Ray says it is up is retried,
+    up to ``attempts`` times; a Ray that was up and then died is not (the job fails fast instead).
+    This process is a child subreaper, so Ray processes left over by a failed or stopped start are
+    found and stopped: nothing outlives it.
+    """
+    env = dict(os.environ if env is None else env)
+    stopping = False
+    child: subprocess.Popen | None = None
+
+    def on_stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
+        signal.signal(sig, on_stop)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    _become_subreaper()
+    rc = 1
+    for attempt in range(1, attempts + 1):
+        up = False
+        child = subprocess.Popen(list(argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, errors="replace")
+        assert child.stdout is not None
+        for line in child.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            up = up or RAY_UP_LINE in line
+        rc = child.wait()
+        _stop_descendants()
+        if stopping:
+            return 0
+        if up or attempt == attempts:
+            return rc
+        print(f"ray-node: Ray did not start (exit {rc}), attempt {attempt}/{attempts}; starting it again",
+              flush=True)
+    return rc
+
+
 class RayNode:
-    """A ``ray start --block`` child process (submitit path: one per node, started by local rank 0).
+    """A Ray node as a child process (submitit path: one per node, started by local rank 0):
+    ``python -m megatron_grpo.launch ray-run -- <ray start --block ...>`` (``run_ray_node``).
 
     ``env`` (default os.environ) must carry the job's Ray token (ray_auth): a Ray node is never
-    started without authentication. The child ignores SIGUSR1 (the preemption warning is for the
-    trainer, and SLURM sends it to every process of the step); ``stop()`` sends SIGTERM, which makes
-    ``ray start --block`` stop every Ray process it started, then waits.
+    started without authentication. ``stop()`` sends SIGTERM, which stops every Ray process of the
+    node, then waits.
     """
 
     def __init__(self, argv: list[str], log_path: Path | None = None, env: Mapping[str, str] | None = None) -> None:
@@ -207,8 +338,9 @@ class RayNode:
         env = dict(os.environ if self.env is None else self.env, **RAY_ENV)
         ray_auth.apply_token(env, _require_token(env, "start a Ray node"))
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        cmd = [sys.executable, "-m", "megatron_grpo.launch", "ray-run", "--", *self.argv]
         self.proc = subprocess.Popen(
-            self.argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
             preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN),
         )
         return self
@@ -276,7 +408,7 @@ class GRPOTask:
         os.chdir(spec.workdir)
         hosts = list(job.hostnames) or [socket.gethostname()]
         local = job.num_nodes == 1 and "SLURM_JOB_ID" not in os.environ
-        head_ip = "127.0.0.1" if local else resolve_ip(hosts[0])
+        head_ip = "127.0.0.1" if local else slurm_node_addr(hosts[0])
         restart = os.environ.get("SLURM_RESTART_COUNT", "0")
         log_dir = Path(spec.log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -301,7 +433,10 @@ class GRPOTask:
                     role = "head" if job.node == 0 else "worker"
                     if role == "worker" and not wait_for_tcp(head_ip, port, spec.ray_join_timeout_s):
                         raise TimeoutError(f"node {hosts[job.node]}: Ray head {head_ip}:{port} never came up")
-                    argv = ray_start_argv(role, head_ip, port, hosts[job.node], num_cpus=spec.ray_num_cpus,
+                    node_ip = head_ip if role == "head" else slurm_node_addr(hosts[job.node])
+                    os_ports = role == "worker" and worker_needs_os_ports(head_ip, node_ip, port)
+                    argv = ray_start_argv(role, head_ip, port, hosts[job.node], node_ip=node_ip,
+                                          os_picks_node_ports=os_ports, num_cpus=spec.ray_num_cpus,
                                           temp_dir=f"/tmp/ray_mg_{job.job_id}" if role == "head" else None)
                     log = log_dir / f"ray-{role}-{hosts[job.node]}-{job.job_id}-r{restart}.log"
                     ray_node = RayNode(argv, log, env=env).start()
@@ -448,15 +583,20 @@ def submit(
 def _cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m megatron_grpo.launch")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    node = sub.add_parser("ray-node", help="exec `ray start --block` for this node")
+    node = sub.add_parser("ray-node", help="run `ray start --block` for this node (run_ray_node)")
     node.add_argument("role", choices=("head", "worker"))
     node.add_argument("--head-ip", required=True)
     node.add_argument("--port", type=int, required=True)
     node.add_argument("--node-name", default=os.environ.get("SLURMD_NODENAME") or socket.gethostname())
+    node.add_argument("--node-ip", default=None, help="worker: this node's address (default: its SLURM NodeAddr)")
     node.add_argument("--temp-dir", default=None)
     node.add_argument("--num-cpus", type=int, default=None)
     node.add_argument("--object-store-bytes", type=int, default=None)
     node.add_argument("--timeout", type=float, default=600.0, help="worker: seconds to wait for the head")
+    run = sub.add_parser("ray-run", help="run_ray_node on a given `ray start --block` command line")
+    run.add_argument("ray_argv", nargs=argparse.REMAINDER)
+    addr = sub.add_parser("node-addr", help="print a SLURM node's address (NodeAddr)")
+    addr.add_argument("node")
     wait = sub.add_parser("ray-wait", help="wait until every node joined the Ray cluster")
     wait.add_argument("--address", required=True)
     wait.add_argument("--nodes", required=True, help="comma-separated node names")
@@ -473,21 +613,35 @@ def _cli(argv: list[str]) -> int:
         print(f"ray-wait: {len(alive)} node(s) joined {args.address}: {', '.join(alive)}", flush=True)
         return 0
 
-    if args.role == "worker" and not wait_for_tcp(args.head_ip, args.port, args.timeout):
-        print(f"ray-node: head {args.head_ip}:{args.port} not reachable after {args.timeout:.0f} s from "
-              f"{args.node_name}", file=sys.stderr)
-        return 1
-    cmd = ray_start_argv(args.role, args.head_ip, args.port, args.node_name, temp_dir=args.temp_dir,
-                         num_cpus=args.num_cpus, object_store_bytes=args.object_store_bytes)
+    if args.cmd == "node-addr":
+        print(slurm_node_addr(args.node))
+        return 0
     os.environ.update(RAY_ENV)
     try:
         ray_auth.use_token(_require_token(os.environ, "start a Ray node"))
     except RuntimeError as exc:
-        print(f"ray-node: {exc}", file=sys.stderr)
+        print(f"{args.cmd}: {exc}", file=sys.stderr)
         return 2
+    if args.cmd == "ray-run":
+        ray_argv = args.ray_argv[1:] if args.ray_argv[:1] == ["--"] else args.ray_argv
+        return run_ray_node(ray_argv)
+
+    node_ip, os_ports = None, False
+    if args.role == "worker":
+        if not wait_for_tcp(args.head_ip, args.port, args.timeout):
+            print(f"ray-node: head {args.head_ip}:{args.port} not reachable after {args.timeout:.0f} s from "
+                  f"{args.node_name}", file=sys.stderr)
+            return 1
+        node_ip = args.node_ip or (slurm_node_addr(args.node_name) if os.environ.get("SLURMD_NODENAME") else None)
+        os_ports = worker_needs_os_ports(args.head_ip, node_ip, args.port)
+        if os_ports:
+            print(f"ray-node: {args.node_name} shares its host with the head, or ports {args.port + 2}-"
+                  f"{args.port + 7} are taken there: this node's Ray ports are left to the OS", flush=True)
+    cmd = ray_start_argv(args.role, args.head_ip, args.port, args.node_name, node_ip=node_ip,
+                         os_picks_node_ports=os_ports, temp_dir=args.temp_dir, num_cpus=args.num_cpus,
+                         object_store_bytes=args.object_store_bytes)
     print(f"ray-node: {shlex.join(cmd)}", flush=True)
-    os.execvp(cmd[0], cmd)
-    return 1  # not reached
+    return run_ray_node(cmd)
 
 
 if __name__ == "__main__":

@@ -147,7 +147,8 @@ def setup(cfg: Config, teardown: ExitStack | None = None) -> Run:
     if generates_here(layout, spmd_engine):
         engine = build_engine(backend, cfg.generation, policy, model_dir, tokenizer.pad_token_id or 0)
         teardown.callback(release_engine, engine)
-        env = build_env_pool(cfg.env, cfg.cluster.ray_address, teardown)
+        pools = layout.world_size if spmd_engine else layout.dp  # ranks that generate, one pool each
+        env = build_env_pool(cfg.env, cfg.cluster.ray_address, teardown, pools=pools)
     sampler = PromptSampler(train_samples, cfg.grpo.num_prompts_per_step, seed=cfg.grpo.seed,
                             shuffle=cfg.data.shuffle)
     return Run(cfg, layout, policy, engine, env, ChatRenderer(tokenizer), tokenizer, spmd_engine,

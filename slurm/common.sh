@@ -29,8 +29,10 @@
 #   RAY=0               skip step 2 (no environment actors on Ray; a RAY_ADDRESS of yours is used
 #                       with your own Ray settings)
 #   RAY_PORT            Ray GCS port (default 6379 + (job id % 250) * 10; uses RAY_PORT..RAY_PORT+7)
-#   RAY_HEAD_IP         address the workers and ranks use for the head (default: the first node's IP)
+#   RAY_HEAD_IP         address the workers and ranks use for the head (default: the first node's
+#                       SLURM NodeAddr); every Ray node advertises its own NodeAddr
 #   RAY_JOIN_TIMEOUT_S  deadline for all nodes to join (600); RAY_NUM_CPUS  CPUs Ray offers per node
+#   MASTER_ADDR         torch rendezvous address (default: the first node's NodeAddr)
 #   MASTER_PORT         torch rendezvous port (default 15000 + job id % 20000)
 #   REQUEUE=0           do not requeue after a preemption exit
 #   SRUN_ARGS           extra flags for the trainer srun (e.g. "--cpu-bind=none")
@@ -42,6 +44,21 @@
 #   Then preflight and the Ray wait run inside the container too (as one-task srun steps).
 
 grpo_log() { printf '[grpo %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+# IPv4 address of SLURM node $1: its NodeAddr (what slurmd listens on; the compute network on
+# clusters with several interfaces, the only difference between nodes that share a host), else
+# whatever its name resolves to.
+grpo_node_addr() {
+    local addr
+    addr=$(scontrol show node -o "$1" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)
+    getent ahostsv4 "${addr:-$1}" | awk 'NR==1{print $1; exit}'
+}
+
+# The node whose ranks failed first in this run of the job, from srun's "srun: error: NODE: task.."
+grpo_failed_node() {
+    sed -n "/job $JOB_ID restart $RESTART:/,\$p" "$JOB_LOG" 2>/dev/null \
+        | grep -m1 -oE '^srun: error: [^:]+: tasks? [^:]+: .*' | sed -E 's/^srun: error: //'
+}
 
 # Run a python module on the first node: directly, or inside the container as a one-task step.
 grpo_py() {
@@ -146,7 +163,9 @@ grpo_run_job() {
     fi
 
     # ---------------------------------------------------------------- 2. Ray cluster
-    export MASTER_ADDR=${MASTER_ADDR:-$HEAD_NODE}
+    HEAD_ADDR=$(grpo_node_addr "$HEAD_NODE")
+    HEAD_ADDR=${HEAD_ADDR:-$(hostname -I | awk '{print $1}')}
+    export MASTER_ADDR=${MASTER_ADDR:-$HEAD_ADDR}
     export MASTER_PORT=${MASTER_PORT:-$((15000 + JOB_ID % 20000))}
     export RAY_USAGE_STATS_ENABLED=0
     if [ "${RAY:-1}" != 0 ]; then
@@ -158,8 +177,7 @@ grpo_run_job() {
         export RAY_AUTH_MODE=token RAY_AUTH_TOKEN
         unset RAY_AUTH_TOKEN_PATH
         export RAY_PORT=${RAY_PORT:-$((6379 + (JOB_ID % 250) * 10))}
-        export RAY_HEAD_IP=${RAY_HEAD_IP:-$(getent ahostsv4 "$HEAD_NODE" | awk 'NR==1{print $1}')}
-        [ -n "$RAY_HEAD_IP" ] || RAY_HEAD_IP=$(hostname -I | awk '{print $1}')
+        export RAY_HEAD_IP=${RAY_HEAD_IP:-$HEAD_ADDR}
         export RAY_TMP_DIR=${RAY_TMP_DIR:-/tmp/ray_mg_$JOB_ID}
         export RAY_JOIN_TIMEOUT_S=${RAY_JOIN_TIMEOUT_S:-600}
         export PYTHON
@@ -168,7 +186,7 @@ grpo_run_job() {
             --open-mode=append "${CONTAINER_ARGS[@]}" bash "$ROOT/slurm/ray_bootstrap.sh" head &
         RAY_PIDS+=($!)
         if [ "$NNODES" -gt 1 ]; then
-            srun --overlap --nodes=$((NNODES - 1)) --ntasks-per-node=1 --exclude="$HEAD_NODE" \
+            srun --overlap --nodes=$((NNODES - 1)) --ntasks=$((NNODES - 1)) --ntasks-per-node=1 --exclude="$HEAD_NODE" \
                 --output="$LOG_DIR/ray-workers-$JOB_ID.log" --open-mode=append "${CONTAINER_ARGS[@]}" \
                 bash "$ROOT/slurm/ray_bootstrap.sh" worker &
             RAY_PIDS+=($!)
@@ -248,7 +266,13 @@ grpo_run_job() {
         return 75
     fi
     if [ "$train_rc" != 0 ]; then
-        grpo_log "ERROR: trainer exited with $train_rc"
+        local failed
+        failed=$(grpo_failed_node)
+        if [ -n "$failed" ]; then
+            grpo_log "ERROR: trainer exited with $train_rc: the ranks on node ${failed%%:*} failed first (${failed#*: }); SLURM stopped the ranks on the other nodes"
+        else
+            grpo_log "ERROR: trainer exited with $train_rc"
+        fi
         return "$train_rc"
     fi
     grpo_log "done"

@@ -94,3 +94,18 @@ def test_local_ray_refuses_clients_without_its_token(local_ray):
     assert gcs_answer(address, None) == "UNAUTHENTICATED"
     assert gcs_answer(address, new_token()) == "UNAUTHENTICATED"
     assert gcs_answer(address, token) == "OK"
+
+
+def test_pools_on_one_ray_split_its_cpus_and_an_unplaceable_pool_fails_in_one_line(local_ray):
+    """Two pools of 2 actors on a 2-CPU Ray (two data-parallel ranks): half a CPU each, both start.
+    A pool whose actors cannot be placed stops with one line naming the fix, not a wait without end."""
+    pools = [RayEnvPool(num_actors=2, data_dir=DATA_DIR, pools_sharing_cluster=2) for _ in range(2)]
+    try:
+        for pool in pools:
+            (out,) = pool.step(pool.open(1), [[send(0)]])[0]
+            assert json.loads(out) == {"output": "Email sent successfully."}
+    finally:
+        for pool in pools:
+            pool.shutdown()
+    with pytest.raises(RuntimeError, match=r"not up on the Ray cluster after 2 s .*lower env.num_actors"):
+        RayEnvPool(num_actors=1, data_dir=DATA_DIR, cpus_per_actor=3.0, start_timeout_s=2)

@@ -1,4 +1,5 @@
-"""The launch path against a real one-node SLURM (slurm/local/slurm_up.sh) and real submitit executors.
+"""The launch path against real SLURM clusters on this machine (slurm/local/slurm_up.sh: one node,
+and two nodes n1/n2 on 127.0.0.2/127.0.0.3) and real submitit executors.
 
 Jobs run `slurm/grpo_1node.sh` with 2 gloo ranks on CPU (`--gpus-per-node=0 --ntasks-per-node=2`).
 Every job gets the same tiny CPU config (configs/tiny_cpu.yaml + the tiny run of tests/test_trainer.py:
@@ -24,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -107,16 +109,28 @@ print(f"rank {rank} finished", flush=True)
 
 
 @pytest.fixture(scope="module")
-def slurm_conf() -> str:
-    """Bring the local SLURM up (idempotent, fast when up) and return SLURM_CONF; FAIL if impossible."""
+def slurm_clusters() -> dict[str, str]:
+    """Bring the local SLURM clusters up (idempotent, fast when up): {"one": SLURM_CONF, "two": ...};
+    FAIL if impossible."""
     proc = subprocess.run(["bash", str(REPO / "slurm/local/slurm_up.sh")], capture_output=True, text=True,
                           timeout=300)
     reason = SLURM_DIR / "unavailable.txt"
     if reason.exists():
         pytest.fail(f"SLURM is not available on this machine: {reason.read_text().strip()}")
-    match = re.search(r"export SLURM_CONF=(\S+)", proc.stdout)
-    assert proc.returncode == 0 and match, f"slurm_up.sh failed:\n{proc.stdout}\n{proc.stderr}"
-    return match.group(1)
+    one = re.search(r"export SLURM_CONF=(\S+)", proc.stdout)
+    two = re.search(r"export SLURM_CONF_TWO_NODES=(\S+)", proc.stdout)
+    assert proc.returncode == 0 and one and two, f"slurm_up.sh failed:\n{proc.stdout}\n{proc.stderr}"
+    return {"one": one.group(1), "two": two.group(1)}
+
+
+@pytest.fixture(scope="module")
+def slurm_conf(slurm_clusters) -> str:
+    return slurm_clusters["one"]
+
+
+@pytest.fixture(scope="module")
+def slurm_conf_two(slurm_clusters) -> str:
+    return slurm_clusters["two"]
 
 
 def job_env(slurm_conf: str, **extra: str) -> dict[str, str]:
@@ -191,9 +205,13 @@ def _cancel_leftover_jobs():
         subprocess.run(["scancel", job_id], env=env, capture_output=True, check=False)
 
 
-def sbatch(env: dict[str, str], tmp_path: Path, *args: str) -> str:
-    cmd = ["sbatch", "--parsable", "--gpus-per-node=0", "--ntasks-per-node=2",
-           f"--output={tmp_path}/slurm-%j.out", "slurm/grpo_1node.sh", *args]
+ONE_NODE = ("--gpus-per-node=0", "--ntasks-per-node=2", "slurm/grpo_1node.sh")
+# the 8-node script scaled down by sbatch flags: 2 nodes x 1 CPU rank
+TWO_NODES = ("-N", "2", "--gpus-per-node=0", "--ntasks-per-node=1", "slurm/grpo_8node.sh")
+
+
+def sbatch(env: dict[str, str], tmp_path: Path, *args: str, shape: tuple[str, ...] = ONE_NODE) -> str:
+    cmd = ["sbatch", "--parsable", f"--output={tmp_path}/slurm-%j.out", *shape, *args]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.strip().split(";")[0]
@@ -508,3 +526,146 @@ def test_launch_submitit_tool_debug_cluster(job_config, tmp_path, monkeypatch, c
     assert tool.main([str(job_config), "policy.tensor_model_parallel_size=4", "--cluster", "debug",
                       "--gpus-per-node", "0", "--ntasks-per-node", "1"]) == 1
     assert "fix:" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- two nodes on one host
+
+
+def job_processes(job_id: str) -> list[str]:
+    """Every process of this machine that belongs to SLURM job ``job_id`` (on either node)."""
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if p.environ().get("SLURM_JOB_ID") == job_id:
+                out.append(f"{p.pid} {' '.join(p.info['cmdline'] or [])[:120]}")
+        except psutil.Error:
+            continue
+    return out
+
+
+def assert_nothing_left(job_id: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (left := job_processes(job_id)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left == [], f"processes of job {job_id} left behind: {left}"
+
+
+def two_node_env(slurm_conf_two: str, **extra: str) -> dict[str, str]:
+    return job_env(slurm_conf_two, RAY_NUM_CPUS="1", RAY_JOIN_TIMEOUT_S="240", **extra)
+
+
+def _two_node_trainer_job(slurm_conf_two, job_config, tmp_path, *overrides: str) -> str:
+    env = two_node_env(slurm_conf_two, TRAIN_CMD="megatron-grpo train")
+    job = sbatch(env, tmp_path, str(job_config), "grpo.max_num_steps=1", "checkpointing.save_period=1",
+                 *overrides, shape=TWO_NODES)
+    info = wait_job(env, job, 600)
+    log_dir = tmp_path / "results/exp/logs"
+    log = (log_dir / f"job-{job}.log").read_text()
+    assert info["JobState"] == "COMPLETED", log[-6000:]
+    assert "2 node(s) [n1 n2] x 1 rank(s)" in log and "Ray head on n1 (127.0.0.2:" in log
+    assert re.search(r"2 node\(s\) joined \S+: n1, n2", log)
+    # the worker advertises its own NodeAddr; the environment actors run on both nodes
+    assert "Local node IP: 127.0.0.3" in (log_dir / f"ray-workers-{job}.log").read_text()
+    # every generating rank (one per data-parallel replica) has its pool; together they use both nodes
+    pools = re.findall(r"^\d+: .*env pool: 2 actor\(s\) on Ray node\(s\) (.+)$", log, re.M)
+    assert {ip for nodes in pools for ip in nodes.split(", ")} == {"127.0.0.2", "127.0.0.3"}, log[-6000:]
+    assert re.search(r"^0: step 1/1 \|", log, re.M)
+    assert (tmp_path / "results/exp/checkpoints/step_1").is_dir()
+    assert_nothing_left(job)
+    return log
+
+
+@pytest.mark.slow
+def test_two_nodes_tp2_across_nodes(slurm_conf_two, job_config, tmp_path):
+    """`sbatch -N 2 slurm/grpo_8node.sh`, scaled down: the real trainer, one rank per node, TP=2 across
+    the nodes; Ray head on n1, worker on n2, env actors on both; checkpoint written; exit 0."""
+    log = _two_node_trainer_job(slurm_conf_two, job_config, tmp_path)
+    assert "world 2 = TP 2 x PP 1 x DP 1" in log
+
+
+@pytest.mark.slow
+def test_two_nodes_dp2(slurm_conf_two, job_config, tmp_path):
+    """The same with TP=1: the two ranks are data-parallel replicas on two nodes."""
+    log = _two_node_trainer_job(slurm_conf_two, job_config, tmp_path, "policy.tensor_model_parallel_size=1")
+    assert "world 2 = TP 1 x PP 1 x DP 2" in log
+    assert len(re.findall(r"^\d: .*env pool: ", log, re.M)) == 2  # one pool per replica, sharing Ray's CPUs
+
+
+def rank_pid(job_id: str, node: str, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                env = p.environ()
+                if env.get("SLURM_JOB_ID") == job_id and env.get("SLURMD_NODENAME") == node and \
+                        "payload.py" in " ".join(p.info["cmdline"] or []) and "SLURM_PROCID" in env:
+                    return p.pid
+            except psutil.Error:
+                continue
+        time.sleep(0.3)
+    pytest.fail(f"no rank of job {job_id} on {node}")
+
+
+@pytest.mark.slow
+def test_two_nodes_killed_node_ranks_end_the_job(slurm_conf_two, job_config, tmp_path):
+    """The ranks of n2 die mid-step: the job ends within a bounded time with one line naming n2, and
+    nothing of the job is left on either node."""
+    env = two_node_env(slurm_conf_two, TRAIN_CMD=train_cmd(tmp_path), PAYLOAD_STEP_S="1")
+    job = sbatch(env, tmp_path, str(job_config), "grpo.max_num_steps=300", "env.num_actors=0", shape=TWO_NODES)
+    log_path = tmp_path / f"results/exp/logs/job-{job}.log"
+    wait_for_text(log_path, r"^1: step 2/", 300)
+    os.kill(rank_pid(job, "n2", 30), signal.SIGKILL)
+    killed = time.monotonic()
+    info = wait_job(env, job, 180)
+    took = time.monotonic() - killed
+    log = log_path.read_text()
+    assert info["JobState"] == "FAILED", log
+    named = [line for line in log.splitlines() if "ERROR" in line and "node n2" in line]
+    assert len(named) == 1 and "the ranks on node n2 failed first" in named[0], log
+    assert took < NODE_FAILURE_BOUND_S, f"the job took {took:.0f} s to end after n2's ranks died"
+    assert_nothing_left(job)
+    print(f"job ended {took:.1f} s after the ranks of n2 were killed")
+
+
+NODE_FAILURE_BOUND_S = 90  # srun --kill-on-bad-exit (KillWait 10 s) + stopping Ray (<= 30 s) + slack
+
+
+@pytest.mark.slow
+def test_two_nodes_requeue_after_usr1_resumes_on_both_nodes(slurm_conf_two, job_config, tmp_path):
+    env = two_node_env(slurm_conf_two, TRAIN_CMD=train_cmd(tmp_path), PAYLOAD_STEP_S="1")
+    job = sbatch(env, tmp_path, str(job_config), "grpo.max_num_steps=4", "env.num_actors=0", shape=TWO_NODES)
+    log_path = tmp_path / f"results/exp/logs/job-{job}.log"
+    wait_for_text(log_path, r"^1: step 1/", 300)
+    subprocess.run(["scancel", "--signal=USR1", job], env=env, check=True)
+    info = wait_job(env, job, 600)
+    log = log_path.read_text()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", log
+    saved = int(re.search(r"^0: .*preempted \(SIGUSR1\): checkpoint saved at step (\d+)", log, re.M).group(1))
+    assert f"requeue job {job}" in log and log.count("2 node(s) joined") == 2  # Ray came back on both
+    for rank in (0, 1):  # rank 0 on n1, rank 1 on n2
+        assert re.search(rf"^{rank}: .*resumed from \S+step_{saved} at step {saved}$", log, re.M), log
+        assert steps_logged(log, rank) == list(range(1, 5))
+    assert (tmp_path / "results/exp/checkpoints/step_4").is_dir()
+    assert_nothing_left(job)
+
+
+@pytest.mark.slow
+def test_submitit_two_nodes(slurm_conf_two, job_config, tmp_path, monkeypatch):
+    """submit(nodes=2) on the two-node cluster: a Ray node per node, the ranks meet across nodes."""
+    for key in list(os.environ):
+        if key.startswith(("SLURM_", "SBATCH_", "SRUN_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_CONF", slurm_conf_two)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+    job = launch.submit(job_config, ["grpo.max_num_steps=2", "env.num_actors=0"], nodes=2, gpus_per_node=0,
+                        ntasks_per_node=1, cluster="slurm", time_min=10, train_cmd=train_cmd(tmp_path).split(),
+                        ray=True, ray_num_cpus=1, ray_join_timeout_s=240, folder=tmp_path / "submitit")
+    assert job.results() == [0, 0]
+    out = "".join(Path(p).read_text() for p in sorted((tmp_path / "submitit").glob(f"{job.job_id}_*_log.out")))
+    assert len(re.findall(r"^step 2/2 \| allreduce 3 world 2$", out, re.M)) == 2  # both nodes, all-reduced
+    ray_result = json.loads((tmp_path / "results/exp/logs/ray_result.json").read_text())
+    assert ray_result == {"answer": 42, "nodes": ["n1", "n2"]}
+    worker_log = tmp_path / f"results/exp/logs/ray-worker-n2-{job.job_id}-r0.log"
+    assert "Local node IP: 127.0.0.3" in worker_log.read_text()
+    assert_nothing_left(job.job_id)

@@ -12,12 +12,12 @@ from collections import Counter
 import pytest
 from data_paths import workbench_dir
 
+from environment.workplace.env import DOMAINS
 from megatron_grpo.data import download
 from megatron_grpo.data.workbench import WorkbenchError, convert_call, load_workbench, tool_schemas
 
 WORKBENCH = workbench_dir()  # WorkBench's data/ folder (processed/, raw/)
 QA = WORKBENCH / "processed" / "queries_and_answers"
-DOMAINS = ("customer_relationship_manager", "project_management", "analytics", "calendar", "email")
 
 # Ground truths that leave the state unchanged (the customer is already assigned to that rep), so
 # the empty trajectory also scores 1.0 on them; found with NeMo-Gym's own is_correct on this sandbox.

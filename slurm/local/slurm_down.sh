@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Stop the one-node test SLURM started by slurm_up.sh (by pid file; munged only if slurm_up started it).
+# Stop the test clusters started by slurm_up.sh (by pid file; munged only if slurm_up started it).
 D=${SLURM_LOCAL_DIR:-/tmp/megatron_grpo_slurm}
 pids=()
-files=("$D/slurmd.pid" "$D/slurmctld.pid")
+files=("$D"/slurmd*.pid "$D/slurmctld.pid" "$D"/two/slurmd*.pid "$D/two/slurmctld.pid")
 if [ -f "$D/munged.started" ]; then files+=(/run/munge/munged.pid); rm -f "$D/munged.started"; fi
 for f in "${files[@]}"; do
     pid=$(cat "$f" 2>/dev/null) || continue
@@ -14,5 +14,5 @@ for _ in $(seq 50); do
     [ "$alive" = 0 ] && break
     sleep 0.1
 done
-rm -f "$D/env.sh"
+rm -f "$D/env.sh" "$D/two/env.sh"
 echo "slurm_down: stopped ${#pids[@]} daemon(s)"

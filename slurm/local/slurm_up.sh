@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# A real one-node SLURM on this machine, for the launch tests (`make slurm-up`; `make test` runs it).
+# Real SLURM clusters on this machine, for the launch tests (`make slurm-up`; `make test` runs it).
 #
-# Installs Debian's slurmctld/slurmd/slurm-client and munge with apt-get when missing, writes a
-# one-node slurm.conf for localhost (no GPUs, CPUs = nproc) under $SLURM_LOCAL_DIR
-# (default /tmp/megatron_grpo_slurm), starts munged, slurmctld and slurmd and waits until `sinfo`
-# shows the node idle. Idempotent: with the daemons already up it returns at once.
+# Installs Debian's slurmctld/slurmd/slurm-client and munge with apt-get when missing and starts
+# two independent clusters (each its own slurmctld, slurm.conf and state), waiting until `sinfo`
+# shows their nodes idle. Idempotent: a cluster already up is left as it is.
+#   one node   $SLURM_LOCAL_DIR (default /tmp/megatron_grpo_slurm): node <hostname> at 127.0.0.1,
+#              CPUs = nproc, no GPUs; slurmctld port 6817, slurmd 6818
+#   two nodes  $SLURM_LOCAL_DIR/two: nodes n1 (127.0.0.2) and n2 (127.0.0.3), one CPU each, both
+#              on this host (one `slurmd -N <node>` per node); slurmctld port 6827, slurmd 7821/7822.
+#              Every address is on this machine's loopback range (the whole 127/8 is local).
 #
 # Contract with the tests (tests/test_launch_slurm.py):
-#   $SLURM_LOCAL_DIR/env.sh          `export SLURM_CONF=...` (also printed on stdout)
+#   $SLURM_LOCAL_DIR/env.sh          `export SLURM_CONF=...` of the one-node cluster (also printed)
+#   $SLURM_LOCAL_DIR/two/env.sh      the same for the two-node cluster (printed as SLURM_CONF_TWO_NODES)
 #   $SLURM_LOCAL_DIR/unavailable.txt why SLURM could not be brought up (then the SLURM tests FAIL
 #                                    with that text). The script itself exits 0 in that case so that
 #                                    `make test` still runs every other test; set SLURM_UP_STRICT=1
@@ -15,8 +20,8 @@
 set -uo pipefail
 
 D=${SLURM_LOCAL_DIR:-/tmp/megatron_grpo_slurm}
-CONF=$D/slurm.conf
-mkdir -p "$D/state" "$D/spool" "$D/log"
+D2=$D/two
+mkdir -p "$D/state" "$D/spool" "$D/log" "$D2/state" "$D2/spool" "$D2/log"
 rm -f "$D/unavailable.txt"
 
 unavailable() {
@@ -28,19 +33,31 @@ unavailable() {
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-node_state() { SLURM_CONF=$CONF timeout 5 sinfo -h -o %t 2>/dev/null | head -n1; }
+# "idle" when every node of the cluster of slurm.conf $1 is usable, else the states seen
+nodes_state() {
+    local states
+    states=$(SLURM_CONF=$1 timeout 5 sinfo -h -N -o %t 2>/dev/null | sort -u)
+    if [ -n "$states" ] && ! grep -qvE '^(idle|mix|alloc|comp)$' <<<"$states"; then echo idle
+    else echo "${states:-unknown}" | tr '\n' ' '; fi
+}
+
+# the daemons of cluster dir $1 (slurmctld + one slurmd per node) are running and its nodes usable
+cluster_up() {
+    local f
+    pid_alive "$1/slurmctld.pid" || return 1
+    for f in "$1"/slurmd*.pid; do pid_alive "$f" || return 1; done
+    [ "$(nodes_state "$1/slurm.conf")" = idle ]
+}
 
 print_env() {
-    echo "export SLURM_CONF=$CONF" >"$D/env.sh"
-    echo "export SLURM_CONF=$CONF"
+    echo "export SLURM_CONF=$D/slurm.conf" >"$D/env.sh"
+    echo "export SLURM_CONF=$D2/slurm.conf" >"$D2/env.sh"
+    echo "export SLURM_CONF=$D/slurm.conf"
+    echo "export SLURM_CONF_TWO_NODES=$D2/slurm.conf"
 }
 
 # ---------------------------------------------------------------- fast path: already up
-if pid_alive "$D/slurmctld.pid" && pid_alive "$D/slurmd.pid"; then
-    case "$(node_state)" in
-        idle|mix|alloc|comp) print_env; exit 0 ;;
-    esac
-fi
+if cluster_up "$D" && cluster_up "$D2"; then print_env; exit 0; fi
 
 # ---------------------------------------------------------------- install
 need_install=0
@@ -83,9 +100,12 @@ fi
 HOST=$(hostname -s)
 CPUS=$(nproc)
 MEM=$(( $(awk '/MemTotal/{print $2}' /proc/meminfo) / 1024 * 9 / 10 ))
-cat >"$CONF" <<CONF
-# one-node test cluster written by slurm/local/slurm_up.sh
-ClusterName=megatron-grpo-local
+
+# settings shared by both clusters; $1 = cluster dir, $2 = name, $3 = slurmctld port
+common_conf() {
+    cat <<CONF
+# test cluster written by slurm/local/slurm_up.sh
+ClusterName=$2
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
@@ -93,14 +113,10 @@ AuthType=auth/munge
 CredType=cred/munge
 # requeued jobs wait cred_expire+1 s before they are eligible again (default 120 s); keep tests fast
 AuthInfo=cred_expire=${SLURM_CRED_EXPIRE:-5}
-StateSaveLocation=$D/state
-SlurmdSpoolDir=$D/spool
-SlurmctldPidFile=$D/slurmctld.pid
-SlurmdPidFile=$D/slurmd.pid
-SlurmctldLogFile=$D/log/slurmctld.log
-SlurmdLogFile=$D/log/slurmd.log
-SlurmctldPort=${SLURMCTLD_PORT:-6817}
-SlurmdPort=${SLURMD_PORT:-6818}
+StateSaveLocation=$1/state
+SlurmctldPidFile=$1/slurmctld.pid
+SlurmctldLogFile=$1/log/slurmctld.log
+SlurmctldPort=$3
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -116,31 +132,73 @@ JobCompType=jobcomp/none
 SchedulerType=sched/backfill
 # poll often: a requeued job becomes eligible on a timer, not on an event
 SchedulerParameters=sched_interval=2,bf_interval=2
+CONF
+}
+
+{
+    common_conf "$D" megatron-grpo-local "${SLURMCTLD_PORT:-6817}"
+    cat <<CONF
+SlurmdSpoolDir=$D/spool
+SlurmdPidFile=$D/slurmd.pid
+SlurmdLogFile=$D/log/slurmd.log
+SlurmdPort=${SLURMD_PORT:-6818}
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
+} >"$D/slurm.conf"
+
+# Two nodes on this host: each slurmd is started with -N <node>; %n in the paths is the node name.
+# The nodes share this machine's CPUs with the one-node cluster (the tests run one job at a time).
+{
+    common_conf "$D2" megatron-grpo-local2 "${SLURMCTLD_PORT_TWO_NODES:-6827}"
+    cat <<CONF
+SlurmdSpoolDir=$D2/spool/%n
+SlurmdPidFile=$D2/slurmd-%n.pid
+SlurmdLogFile=$D2/log/slurmd-%n.log
+# a dead node is noticed after 30 s (default 300 s)
+SlurmdTimeout=30
+NodeName=n1 NodeHostname=$HOST NodeAddr=127.0.0.2 Port=7821 CPUs=1 RealMemory=$((MEM / 2)) State=UNKNOWN
+NodeName=n2 NodeHostname=$HOST NodeAddr=127.0.0.3 Port=7822 CPUs=1 RealMemory=$((MEM / 2)) State=UNKNOWN
+PartitionName=two Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+CONF
+} >"$D2/slurm.conf"
 
 # ---------------------------------------------------------------- daemons
-# A stale pair from an earlier run (other conf, dead node): stop it first.
-for f in "$D/slurmd.pid" "$D/slurmctld.pid"; do
-    if pid_alive "$f"; then kill "$(cat "$f")" 2>/dev/null; fi
-done
-for _ in $(seq 50); do
-    pid_alive "$D/slurmd.pid" || pid_alive "$D/slurmctld.pid" || break; sleep 0.1
-done
-# -c: start from a clean job table (no jobs left over from an earlier test run)
-/usr/sbin/slurmctld -c -f "$CONF" || unavailable "slurmctld did not start (see $D/log/slurmctld.log)"
-/usr/sbin/slurmd -f "$CONF" || unavailable "slurmd did not start (see $D/log/slurmd.log)"
+# (Re)start the daemons of cluster dir $1; $2.. = the slurmd node names (-N), "" for the host.
+start_cluster() {
+    local dir=$1 conf=$1/slurm.conf f node
+    shift
+    cluster_up "$dir" && return 0
+    # A stale set from an earlier run (other conf, dead node): stop it first.
+    for f in "$dir"/slurmd*.pid "$dir/slurmctld.pid"; do
+        if pid_alive "$f"; then kill "$(cat "$f")" 2>/dev/null; fi
+    done
+    for _ in $(seq 50); do
+        local alive=0
+        for f in "$dir"/slurmd*.pid "$dir/slurmctld.pid"; do pid_alive "$f" && alive=1; done
+        [ "$alive" = 0 ] && break; sleep 0.1
+    done
+    rm -f "$dir"/slurmd*.pid
+    # -c: start from a clean job table (no jobs left over from an earlier test run)
+    /usr/sbin/slurmctld -c -f "$conf" || unavailable "slurmctld did not start (see $dir/log/slurmctld.log)"
+    for node in "$@"; do
+        if [ -n "$node" ]; then mkdir -p "$dir/spool/$node"; /usr/sbin/slurmd -f "$conf" -N "$node"
+        else /usr/sbin/slurmd -f "$conf"; fi || unavailable "slurmd ${node} did not start (see $dir/log)"
+    done
+    local state=""
+    for _ in $(seq 60); do
+        state=$(nodes_state "$conf")
+        [ "$state" = idle ] && break
+        sleep 0.5
+    done
+    if [ "$state" != idle ]; then
+        local reason
+        reason=$(SLURM_CONF=$conf scontrol show node 2>/dev/null | grep -o 'Reason=.*' | head -n1)
+        unavailable "the nodes of $conf are '${state}' not idle after 30 s ${reason} (logs in $dir/log)"
+    fi
+    SLURM_CONF=$conf sinfo >&2
+}
 
-state=""
-for _ in $(seq 60); do
-    state=$(node_state)
-    [ "$state" = idle ] && break
-    sleep 0.5
-done
-if [ "$state" != idle ]; then
-    reason=$(SLURM_CONF=$CONF scontrol show node "$HOST" 2>/dev/null | grep -o 'Reason=.*')
-    unavailable "node $HOST is '${state:-unknown}' not idle after 30 s ${reason} (logs in $D/log)"
-fi
-SLURM_CONF=$CONF sinfo >&2
+start_cluster "$D" ""
+start_cluster "$D2" n1 n2
 print_env
