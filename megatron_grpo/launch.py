@@ -32,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -605,11 +606,25 @@ def _cli(argv: list[str]) -> int:
 
     if args.cmd == "ray-wait":
         expected = [n for n in args.nodes.split(",") if n]
+        # ray.init can block well past the deadline when the head died while starting (its client
+        # retries the GCS inside Ray's C++ core): a watchdog keeps the wait bounded.
+        grace_s = min(30.0, max(5.0, args.timeout))
+
+        def give_up() -> None:
+            print(f"ray-wait: Ray head {args.address} did not answer within {args.timeout + grace_s:.0f} s; "
+                  f"see the ray-head log of {expected[0] if expected else '?'}", file=sys.stderr, flush=True)
+            os._exit(1)
+
+        watchdog = threading.Timer(args.timeout + grace_s, give_up)
+        watchdog.daemon = True
+        watchdog.start()
         try:
             alive = wait_for_ray_nodes(args.address, expected, args.timeout)
         except (TimeoutError, RuntimeError) as exc:
             print(f"ray-wait: {exc}", file=sys.stderr)
             return 1
+        finally:
+            watchdog.cancel()
         print(f"ray-wait: {len(alive)} node(s) joined {args.address}: {', '.join(alive)}", flush=True)
         return 0
 
