@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from megatron_grpo.config import ConfigError, load_config
+    from megatron_grpo.config import load_config
     from megatron_grpo.evaluate import evaluate
 
     checkpoint = None
@@ -62,11 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.input).is_file():
         print(f"megatron-grpo collect-rollouts: --input {args.input}: no such file", file=sys.stderr)
         return 2
-    try:
-        cfg = load_config(config, overrides + list(args.overrides))
-    except ConfigError as exc:
-        print(f"megatron-grpo collect-rollouts: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(config, overrides + list(args.overrides))  # a ConfigError: one line by cli.py
     step, metrics, rank = evaluate(cfg, checkpoint, rollouts_path=args.output)
     if rank == 0:
         n = int(metrics.get("val:num_samples", 0))

@@ -117,7 +117,9 @@ def run_sft(cfg: Any, samples: Sequence[dict], out_dir: str | Path, *, steps: in
     layout = init_distributed(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
                               p.sequence_parallel, seed=cfg.grpo.seed)
     model_dir = resolve_model_dir(p.model_name)
-    sft_cfg = replace(p, train_micro_batch_size=1,
+    # the batch as one micro-batch (short sequences: megatron's per-micro-batch overhead dominates on
+    # a CPU), rows not packed by group (an SFT batch is not made of GRPO groups)
+    sft_cfg = replace(p, train_micro_batch_size=batch_size, shared_prefix=False,
                       optimizer=replace(p.optimizer, lr=lr, min_lr=lr, lr_warmup_steps=0, clip_grad=1.0))
     policy = MegatronPolicy(sft_cfg, layout, model_dir, train_iters=steps)
     renderer = ChatRenderer(load_tokenizer(cfg))
