@@ -13,7 +13,7 @@ import os
 
 import pytest
 from data_paths import sandbox_dir
-from dist_utils import free_port
+from dist_utils import run_distributed
 
 from megatron_grpo import demo
 
@@ -31,25 +31,31 @@ def tiny(tmp_path_factory):
     return root, cfg, spec, train, val
 
 
+def _warm_start_in_a_fresh_process(spec, cfg, train, cache: str) -> dict:
+    from pathlib import Path
+
+    model, info, cached = demo.warm_start(spec, cfg, train, Path(cache))
+    return {"model": str(model), "info": info, "cached": cached}
+
+
 def test_warm_start_is_cached_by_its_settings(tiny, monkeypatch):
     from dataclasses import replace
+    from pathlib import Path
 
     root, cfg, spec, train, val = tiny
-    from megatron_grpo.distributed import destroy_distributed
-
-    monkeypatch.setenv("MASTER_PORT", str(free_port()))
-    monkeypatch.setenv("WORKPLACE_DATA_DIR", sandbox_dir())
     cache = root / "cache" / spec.key()
-    try:
-        model, info, cached = demo.warm_start(spec, cfg, train, cache)
-    finally:
-        destroy_distributed()
-    assert not cached and model == cache / "model_sft" and (model / "config.json").is_file()
+    # The supervised steps initialise torch.distributed: in a spawned interpreter, never in this
+    # pytest process (children that later tests fork from it would inherit a used gloo state).
+    monkeypatch.setenv("WORKPLACE_DATA_DIR", sandbox_dir())
+    (first,) = run_distributed(_warm_start_in_a_fresh_process, 1, spec, cfg, train, str(cache),
+                               start_method="spawn", cpu_only=True, timeout_s=300)
+    model, info = Path(first["model"]), first["info"]
+    assert not first["cached"] and model == cache / "model_sft" and (model / "config.json").is_file()
     assert (model / "tokenizer.json").is_file() and info["spec"]["sft_steps"] == 2
     assert not list((root / "cache").glob("*.tmp*"))  # published atomically, nothing left over
 
     stamp = os.stat(model / "config.json").st_mtime_ns
-    again, info2, cached = demo.warm_start(spec, cfg, train, cache)
+    again, info2, cached = demo.warm_start(spec, cfg, train, cache)  # from the cache: nothing trains here
     assert cached and again == model and info2["seconds"] == info["seconds"]
     assert os.stat(model / "config.json").st_mtime_ns == stamp  # not rebuilt
     assert replace(spec, sft_steps=3).key() != spec.key() and replace(spec, seed=1).key() != spec.key()
