@@ -474,14 +474,20 @@ def submitit_results(job, timeout_s: float, tmp_path: Path) -> list:
     return job.results()
 
 
-@pytest.mark.slow
-def test_submitit_slurm_executor(slurm_conf, job_config, tmp_path, monkeypatch):
+def submitit_env(monkeypatch, slurm_conf: str, tmp_path: Path) -> None:
+    """A submitting shell for ``slurm_conf``'s cluster: no SLURM variables of an enclosing job, this
+    venv's python first on PATH (the job runs it), the test folder as working directory."""
     for key in list(os.environ):
         if key.startswith(("SLURM_", "SBATCH_", "SRUN_")):
             monkeypatch.delenv(key)
     monkeypatch.setenv("SLURM_CONF", slurm_conf)
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_submitit_slurm_executor(slurm_conf, job_config, tmp_path, monkeypatch):
+    submitit_env(monkeypatch, slurm_conf, tmp_path)
     job = launch.submit(job_config, ["grpo.max_num_steps=3"], nodes=1, gpus_per_node=0, ntasks_per_node=2,
                         cluster="slurm", time_min=10, train_cmd=train_cmd(tmp_path).split(), ray=False,
                         folder=tmp_path / "submitit")
@@ -673,12 +679,7 @@ def test_two_nodes_requeue_after_usr1_resumes_on_both_nodes(slurm_conf_two, job_
 @pytest.mark.slow
 def test_submitit_two_nodes(slurm_conf_two, job_config, tmp_path, monkeypatch):
     """submit(nodes=2) on the two-node cluster: a Ray node per node, the ranks meet across nodes."""
-    for key in list(os.environ):
-        if key.startswith(("SLURM_", "SBATCH_", "SRUN_")):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("SLURM_CONF", slurm_conf_two)
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    monkeypatch.chdir(tmp_path)
+    submitit_env(monkeypatch, slurm_conf_two, tmp_path)
     job = launch.submit(job_config, ["grpo.max_num_steps=2", "env.num_actors=0"], nodes=2, gpus_per_node=0,
                         ntasks_per_node=1, cluster="slurm", time_min=10, train_cmd=train_cmd(tmp_path).split(),
                         ray=True, ray_num_cpus=1, ray_join_timeout_s=240, folder=tmp_path / "submitit")
